@@ -1,0 +1,67 @@
+"""The status object: what the pool and the rollout report, as plain frozen data.
+
+The supervisor publishes a new `PoolStatus` on every change; the control socket
+(`agent-run status`), the health endpoints, metrics and systemd STATUS= lines only read it.
+Nothing here holds a secret value.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class WorkerState(enum.Enum):
+    STARTING = "starting"  # spawned, not ready yet
+    READY = "ready"  # serving
+    DRAINING = "draining"  # stop signal sent, waiting for it to exit
+    BACKOFF = "backoff"  # exited, waiting to be restarted
+    EXITED = "exited"  # exited, will not be restarted (policy or shutdown)
+    GAVE_UP = "gave-up"  # crashed too often within --restart-window
+
+
+class RolloutState(enum.Enum):
+    IDLE = "idle"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    ABORTED = "aborted"
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    slot: int
+    pid: int | None
+    state: WorkerState
+    version: int | None  # secrets version in this worker's environment
+    started_at: float | None = None  # wall-clock seconds since the epoch
+    restarts: int = 0
+    last_exit: int | None = None  # exit code, or 128+N for a signal
+
+
+@dataclass(frozen=True)
+class RolloutStatus:
+    state: RolloutState = RolloutState.IDLE
+    from_version: int | None = None
+    to_version: int | None = None
+    done: int = 0  # slots replaced so far
+    total: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+    reason: str | None = None  # why it aborted; never a value
+
+
+@dataclass(frozen=True)
+class PoolStatus:
+    name: str  # --name, default the bound set
+    pid: int  # the launcher's pid
+    secret_set: str | None
+    version: int | None  # the version new workers get
+    workers: tuple[WorkerStatus, ...] = ()
+    rollout: RolloutStatus = field(default_factory=RolloutStatus)
+    draining: tuple[WorkerStatus, ...] = ()  # retired workers still finishing their work
+
+    @property
+    def ready_on_current(self) -> int:
+        return sum(
+            1 for w in self.workers if w.state is WorkerState.READY and w.version == self.version
+        )
