@@ -1,0 +1,87 @@
+"""`RunConfig`: everything `agent-run [OPTIONS] TARGET` was asked to do, as frozen data.
+
+Options are resolved in this order: flags, then `AGENT_RUN_*` environment variables, then
+`agent-run.toml`, then the defaults below. The CLI does the resolving; the layers below it
+only ever see a `RunConfig`.
+"""
+
+from __future__ import annotations
+
+import enum
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class TargetKind(enum.Enum):
+    SCRIPT = "script"  # bot.py: run with the launcher's own interpreter
+    MODULE = "module"  # -m package.module
+    COMMAND = "command"  # -- COMMAND ARGS: anything else (node agents, binaries)
+
+
+class RestartPolicy(enum.Enum):
+    ALWAYS = "always"
+    ON_FAILURE = "on-failure"
+    NEVER = "never"
+
+
+class LogFormat(enum.Enum):
+    AUTO = "auto"  # JSON when stderr is not a terminal, console otherwise
+    JSON = "json"
+    CONSOLE = "console"
+
+
+@dataclass(frozen=True)
+class Target:
+    kind: TargetKind
+    value: str  # script path, module name, or the command's executable
+    args: tuple[str, ...] = ()
+
+    @property
+    def is_python(self) -> bool:
+        return self.kind is not TargetKind.COMMAND
+
+    def argv(self, python: str = sys.executable) -> list[str]:
+        """The command line of one worker."""
+        if self.kind is TargetKind.SCRIPT:
+            return [python, self.value, *self.args]
+        if self.kind is TargetKind.MODULE:
+            return [python, "-m", self.value, *self.args]
+        return [self.value, *self.args]
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    target: Target
+    # Where the secrets come from.
+    store: Path | None = None  # --store; None = AGENT_RUN_HOME / XDG default
+    key_file: Path | None = None
+    secret_set: str | None = None
+    env_files: tuple[Path, ...] = ()
+    # The pool.
+    workers: int = 1
+    restart: RestartPolicy = RestartPolicy.ALWAYS
+    max_restarts: int | None = None  # None: never give up
+    restart_window: float = 60.0
+    ready: str = "started"  # started | notify | tcp:PORT | http:URL | log:REGEX
+    ready_delay: float = 1.0
+    ready_timeout: float = 60.0
+    watchdog: float | None = None
+    drain_timeout: float = 3600.0  # LiveKit's own drain window
+    stop_signal: signal.Signals = signal.SIGTERM
+    max_surge: int = 1  # 0 = singleton handover
+    port_base: int | None = None
+    # Operations.
+    name: str | None = None  # control socket name; default the bound set
+    health: str | None = None  # HOST:PORT
+    log_format: LogFormat = LogFormat.AUTO
+    mask: bool = True
+    watch: bool = True
+    dev: bool = False  # `agent-run dev`: console logs, restart on code change
+    # Session mode.
+    listen: str = "127.0.0.1:7860"
+    idle: int = 1
+    max_sessions: int | None = None
+    entrypoint: str | None = None  # module:function
+    extra: dict[str, str] = field(default_factory=dict)  # unknown toml keys, for warnings
