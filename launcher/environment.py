@@ -48,9 +48,7 @@ class EnvironmentLayers:
     python_target: bool = False
 
 
-def platform_layer(
-    stored: Mapping[str, str], inherited: Mapping[str, str]
-) -> dict[str, str]:
+def platform_layer(stored: Mapping[str, str], inherited: Mapping[str, str]) -> dict[str, str]:
     """Platform credentials, each from `agent-run platform set`, else the launcher's own."""
     layer: dict[str, str] = {}
     for name in PLATFORM_CREDENTIALS:

@@ -8,6 +8,7 @@ Nothing here holds a secret value.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -65,3 +66,53 @@ class PoolStatus:
         return sum(
             1 for w in self.workers if w.state is WorkerState.READY and w.version == self.version
         )
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, tuple):
+        return [_plain(item) for item in value]
+    if hasattr(value, "__dataclass_fields__"):
+        return {name: _plain(getattr(value, name)) for name in value.__dataclass_fields__}
+    return value
+
+
+def as_dict(status: PoolStatus) -> dict[str, object]:
+    """The status as JSON-ready data (enums as their values), for the control socket."""
+    data = _plain(status)
+    assert isinstance(data, dict)
+    data["ready_on_current"] = status.ready_on_current
+    return data
+
+
+Subscriber = Callable[[PoolStatus | None, PoolStatus], None]
+
+
+class StatusBoard:
+    """The latest `PoolStatus`, and who wants to hear when it changes.
+
+    The supervisor publishes; metrics, systemd notifications and the control socket read.
+    Subscribers run synchronously in the publisher's task, so they must be quick and never
+    raise (a broken observer must not break supervision: errors are swallowed and counted).
+    """
+
+    def __init__(self, initial: PoolStatus | None = None) -> None:
+        self._current = initial
+        self._subscribers: list[Subscriber] = []
+        self.observer_errors = 0
+
+    @property
+    def current(self) -> PoolStatus | None:
+        return self._current
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        self._subscribers.append(subscriber)
+
+    def publish(self, status: PoolStatus) -> None:
+        previous, self._current = self._current, status
+        for subscriber in self._subscribers:
+            try:
+                subscriber(previous, status)
+            except Exception:  # an observer must never stop the pool
+                self.observer_errors += 1

@@ -80,3 +80,9 @@ def cli(cli_env: dict[str, str], tmp_path: Path) -> Iterator[CLI]:
     work = tmp_path / "work"
     work.mkdir()
     yield CLI(cli_env, work)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """The supervisor runs on asyncio; so do the async tests."""
+    return "asyncio"

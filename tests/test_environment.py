@@ -72,9 +72,10 @@ def test_runtime_layer_is_set_last() -> None:
 
 def test_python_targets_are_unbuffered_unless_set() -> None:
     """PYTHONUNBUFFERED=1 for Python targets, but an explicit setting is respected."""
-    assert compose(EnvironmentLayers(inherited={}, python_target=True), worker=0)[
-        "PYTHONUNBUFFERED"
-    ] == "1"
+    assert (
+        compose(EnvironmentLayers(inherited={}, python_target=True), worker=0)["PYTHONUNBUFFERED"]
+        == "1"
+    )
     kept = EnvironmentLayers(inherited={"PYTHONUNBUFFERED": "0"}, python_target=True)
     assert compose(kept, worker=0)["PYTHONUNBUFFERED"] == "0"
     assert "PYTHONUNBUFFERED" not in compose(EnvironmentLayers(inherited={}), worker=0)

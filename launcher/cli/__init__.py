@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         # `agent-run secrets list | head` must not end with a traceback.
         return 1
-    except BaseException as error:  # noqa: BLE001 - unwrap groups, re-raise the unexpected
+    except BaseException as error:  # unwrap groups, re-raise the unexpected
         found = _first_launcher_error(error)
         if found is None:
             raise

@@ -1,0 +1,137 @@
+"""`--health`: /healthz, /readyz and /metrics answer real HTTP requests from the status."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from dataclasses import replace
+
+import anyio
+import pytest
+
+from launcher.errors import OperationFailed, UsageError
+from launcher.health import create_app
+from launcher.http_server import bind, parse_host_port, serve_asgi
+from launcher.metrics import Metrics
+from launcher.status import (
+    PoolStatus,
+    RolloutState,
+    RolloutStatus,
+    StatusBoard,
+    WorkerState,
+    WorkerStatus,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+def _pool(*states: WorkerState, version: int = 2, worker_version: int = 2) -> PoolStatus:
+    workers = tuple(
+        WorkerStatus(slot=i, pid=100 + i, state=s, version=worker_version)
+        for i, s in enumerate(states)
+    )
+    return PoolStatus(name="t", pid=1, secret_set="t", version=version, workers=workers)
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+async def _serving(board: StatusBoard, stopping: list[bool]):  # type: ignore[no-untyped-def]
+    metrics = Metrics(lambda: board.current)
+    board.subscribe(metrics.observe)
+    app = create_app(lambda: board.current, metrics, lambda: stopping[0])
+    return app, metrics
+
+
+async def test_endpoints_follow_the_status() -> None:
+    """readyz is 503 while a worker starts, 200 when all are ready, 503 when stopping."""
+    board = StatusBoard()
+    stopping = [False]
+    app, _ = await _serving(board, stopping)
+    async with anyio.create_task_group() as tg:
+        host, port = await tg.start(serve_asgi, app, bind("127.0.0.1", 0, "--health"))
+        base = f"http://{host}:{port}"
+        board.publish(_pool(WorkerState.READY, WorkerState.STARTING))
+        code, body = await anyio.to_thread.run_sync(_get, base + "/readyz")
+        assert code == 503 and json.loads(body)["ready_workers"] == 1
+        board.publish(_pool(WorkerState.READY, WorkerState.READY))
+        code, body = await anyio.to_thread.run_sync(_get, base + "/readyz")
+        assert code == 200 and json.loads(body)["ready_on_current"] == 2
+        code, _ = await anyio.to_thread.run_sync(_get, base + "/healthz")
+        assert code == 200
+        stopping[0] = True
+        code, _ = await anyio.to_thread.run_sync(_get, base + "/readyz")
+        assert code == 503
+        tg.cancel_scope.cancel()
+
+
+async def test_healthz_fails_when_every_slot_gave_up() -> None:
+    """Liveness turns 503 once no slot is being kept any more."""
+    board = StatusBoard(_pool(WorkerState.GAVE_UP, WorkerState.GAVE_UP))
+    app, _ = await _serving(board, [False])
+    async with anyio.create_task_group() as tg:
+        host, port = await tg.start(serve_asgi, app, bind("127.0.0.1", 0, "--health"))
+        code, body = await anyio.to_thread.run_sync(_get, f"http://{host}:{port}/healthz")
+        tg.cancel_scope.cancel()
+    assert code == 503 and json.loads(body)["ok"] is False
+
+
+async def test_metrics_expose_workers_restarts_rollouts_and_version() -> None:
+    """/metrics reports workers by state, restarts, rollouts by result with duration, version."""
+    board = StatusBoard()
+    app, _ = await _serving(board, [False])
+    first = _pool(WorkerState.READY, WorkerState.READY, version=4, worker_version=4)
+    board.publish(first)
+    crashed = replace(
+        first,
+        workers=(
+            first.workers[0],
+            replace(first.workers[1], state=WorkerState.BACKOFF, restarts=2),
+        ),
+    )
+    board.publish(crashed)
+    board.publish(
+        replace(
+            crashed,
+            rollout=RolloutStatus(
+                state=RolloutState.ABORTED, to_version=5, started_at=10.0, finished_at=12.5
+            ),
+        )
+    )
+    async with anyio.create_task_group() as tg:
+        host, port = await tg.start(serve_asgi, app, bind("127.0.0.1", 0, "--health"))
+        code, body = await anyio.to_thread.run_sync(_get, f"http://{host}:{port}/metrics")
+        tg.cancel_scope.cancel()
+    text = body.decode()
+    assert code == 200
+    assert 'agent_run_workers{state="ready"} 1.0' in text
+    assert 'agent_run_workers{state="backoff"} 1.0' in text
+    assert 'agent_run_worker_restarts_total{slot="1"} 2.0' in text
+    assert 'agent_run_rollouts_total{result="aborted"} 1.0' in text
+    assert 'agent_run_rollouts_total{result="succeeded"} 0.0' in text
+    assert 'agent_run_rollout_duration_seconds_sum{result="aborted"} 2.5' in text
+    assert "agent_run_secrets_version 4.0" in text
+
+
+def test_busy_port_is_one_clear_error() -> None:
+    """A --health port already in use gives OperationFailed naming the address."""
+    first = bind("127.0.0.1", 0, "--health")
+    port = first.getsockname()[1]
+    try:
+        with pytest.raises(OperationFailed, match=f"127.0.0.1:{port}"):
+            bind("127.0.0.1", port, "--health")
+    finally:
+        first.close()
+
+
+@pytest.mark.parametrize("text", ["8080", "host:", "host:http", "h:70000"])
+def test_bad_host_port_is_a_usage_error(text: str) -> None:
+    """--health takes HOST:PORT; anything else exits 2 with an example."""
+    with pytest.raises(UsageError, match="HOST:PORT"):
+        parse_host_port(text, "--health")
