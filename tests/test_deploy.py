@@ -1,0 +1,107 @@
+"""The deployment files (Dockerfile, systemd unit, Kubernetes manifest) keep their promises."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+DOCKERFILE = ROOT / "Dockerfile"
+UNIT = ROOT / "deploy" / "agent-run.service"
+MANIFEST = ROOT / "deploy" / "kubernetes.yaml"
+
+
+def _tool(name: str) -> str:
+    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+    if found is None:
+        pytest.skip(f"{name} is not installed (it comes with the test extra)")
+    return found
+
+
+def _instructions() -> dict[str, list[str]]:
+    """Dockerfile instructions by keyword, continuation lines joined."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    found: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            keyword, _, rest = line.strip().partition(" ")
+            found.setdefault(keyword.upper(), []).append(rest.strip())
+    return found
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    """hadolint, the Dockerfile linter, has nothing to say."""
+    result = subprocess.run(
+        [_tool("hadolint"), "--no-color", str(DOCKERFILE)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_promises() -> None:
+    """agent-run is the ENTRYPOINT, a sample agent the CMD, non-root, SIGTERM, a HEALTHCHECK."""
+    found = _instructions()
+    assert json.loads(found["ENTRYPOINT"][-1]) == ["agent-run"]
+    cmd = json.loads(found["CMD"][-1])
+    assert (ROOT / cmd[-1]).is_file(), f"CMD names a missing sample agent: {cmd}"
+    user = found["USER"][-1].split(":")[0]
+    assert user.isdigit() and int(user) != 0
+    assert found["STOPSIGNAL"] == ["SIGTERM"]
+    assert "/healthz" in found["HEALTHCHECK"][-1]
+    assert any("AGENT_RUN_HEALTH=0.0.0.0:8081" in env for env in found["ENV"])
+
+
+def test_systemd_unit_verifies() -> None:
+    """`systemd-analyze verify` accepts the unit (with ExecStart pointed at this install)."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    installed = Path(sys.executable).parent / "agent-run"
+    text = UNIT.read_text().replace("/usr/local/bin/agent-run", str(installed))
+    # The example's service user need not exist on a test machine.
+    text = re.sub(r"^(User|Group)=.*$", r"\1=root", text, flags=re.M)
+    unit = ROOT / ".pytest_cache" / "agent-run-verify.service"
+    unit.parent.mkdir(exist_ok=True)
+    unit.write_text(text)
+    result = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True)
+    assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+
+
+def test_systemd_unit_promises() -> None:
+    """notify type, reload by SIGHUP, key as a credential, stop timeout covers the drain."""
+    text = UNIT.read_text()
+    settings = dict(
+        line.split("=", 1) for line in text.splitlines() if "=" in line and line[0].isalpha()
+    )
+    assert settings["Type"] == "notify"
+    assert settings["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert settings["LoadCredential"].startswith("agent-run.key:")
+    assert settings["KillMode"] == "mixed"  # TERM to the launcher only, never the whole group
+    drain = int(re.search(r"--drain-timeout (\d+)", settings["ExecStart"]).group(1))  # type: ignore[union-attr]
+    assert int(settings["TimeoutStopSec"]) > drain
+    assert int(settings["WatchdogSec"]) > 0
+
+
+def test_kubernetes_manifest_validates() -> None:
+    """The manifest is a valid Deployment for the Kubernetes API (strict schema check)."""
+    result = subprocess.run(
+        [_tool("kubernetes-validate"), "--strict", str(MANIFEST)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_kubernetes_grace_period_covers_the_drain() -> None:
+    """terminationGracePeriodSeconds exceeds the drain timeout; probes hit real endpoints."""
+    text = MANIFEST.read_text()
+    grace = int(re.search(r"terminationGracePeriodSeconds: (\d+)", text).group(1))  # type: ignore[union-attr]
+    drain = int(
+        re.search(r'AGENT_RUN_DRAIN_TIMEOUT\s+value: "(\d+)"', text).group(1)  # type: ignore[union-attr]
+    )
+    assert grace > drain
+    assert "path: /readyz" in text and "path: /healthz" in text
+    assert "readOnly: true" in text  # the sealed store is mounted read-only
