@@ -1,0 +1,59 @@
+"""Store changes → reload requests.
+
+The launcher watches the store *directory* (not the set's file): every write replaces the
+file by rename, and a Kubernetes volume is updated by swapping its `..data` symlink, so the
+file's own inode changes and a watch on it would go stale. Any event in the directory makes
+us re-read a cheap fingerprint (the set's version from its plaintext header, the platform
+file's identity); only a fingerprint that differs from the last one counts as a change.
+That also makes the watcher immune to our own reads and to editors' temp files.
+
+watchfiles' defaults group changes for up to 1.6 s; a rollout should start within tens of
+milliseconds of `secrets set` returning, so the grouping window is a few milliseconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Hashable
+from pathlib import Path
+
+# Milliseconds: wait this long for more events after one (a rename comes with a few), and
+# never group longer than DEBOUNCE_MS.
+STEP_MS = 5
+DEBOUNCE_MS = 50
+
+
+def _accept_all(change: object, path: str) -> bool:
+    # The default filter drops dot-files, which would hide the kubelet's `..data` swap.
+    return True
+
+
+async def fingerprints(
+    directory: Path,
+    fingerprint: Callable[[], Hashable],
+    last: Hashable,
+    *,
+    force_polling: bool | None = None,
+) -> AsyncIterator[Hashable]:
+    """Yield each new fingerprint of `directory`'s contents, starting after `last`.
+
+    `last` is the fingerprint the caller already acted on (the version its workers were
+    started with), so a change that lands between start-up and the first watch is not lost.
+    """
+    import watchfiles
+
+    current = fingerprint()
+    if current != last:
+        last = current
+        yield current
+    async for _ in watchfiles.awatch(
+        directory,
+        watch_filter=_accept_all,
+        recursive=False,
+        step=STEP_MS,
+        debounce=DEBOUNCE_MS,
+        force_polling=force_polling,
+    ):
+        current = fingerprint()
+        if current != last:
+            last = current
+            yield current
