@@ -1,0 +1,77 @@
+"""Sealing and opening bytes with AES-256-GCM; no file I/O, no knowledge of sets.
+
+Envelope encryption: a set's values are sealed with the set's own random data key, and the
+data key is sealed (wrapped) with the master key. Every sealed blob is
+`FORMAT_VERSION || nonce (12 bytes) || ciphertext+tag`, with a fresh random nonce each time.
+The caller binds context (set name, version, key names, the whole plaintext header) as
+associated data, so a blob moved, replayed or altered anywhere fails to open.
+
+Failures are deliberately opaque (one `DecryptionFailed`, as Fernet does): "wrong key" and
+"tampered" look the same to an attacker. The caller adds which set and which key source.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+from collections.abc import Callable
+
+from launcher.errors import DecryptionFailed
+
+FORMAT_VERSION = b"\x01"
+KEY_BYTES = 32
+NONCE_BYTES = 12
+
+RandomBytes = Callable[[int], bytes]
+
+
+def new_key(random_bytes: RandomBytes = os.urandom) -> bytes:
+    return random_bytes(KEY_BYTES)
+
+
+def key_id(key: bytes) -> str:
+    """A short public fingerprint of a key, to tell keys apart in files and errors."""
+    return hashlib.sha256(b"agent-run key id\x00" + key).hexdigest()[:16]
+
+
+def seal(
+    key: bytes, plaintext: bytes, associated: bytes, random_bytes: RandomBytes = os.urandom
+) -> bytes:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    nonce = random_bytes(NONCE_BYTES)
+    return FORMAT_VERSION + nonce + AESGCM(key).encrypt(nonce, plaintext, associated)
+
+
+def open_sealed(key: bytes, sealed: bytes, associated: bytes) -> bytes:
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    if len(sealed) < 1 + NONCE_BYTES + 16 or sealed[:1] != FORMAT_VERSION:
+        raise DecryptionFailed("sealed data is malformed")
+    nonce, body = sealed[1 : 1 + NONCE_BYTES], sealed[1 + NONCE_BYTES :]
+    try:
+        return AESGCM(key).decrypt(nonce, body, associated)
+    except InvalidTag:
+        raise DecryptionFailed("sealed data did not open") from None
+
+
+def b64encode(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def b64decode_strict(text: str) -> bytes:
+    """Decode base64, refusing any non-canonical spelling.
+
+    Plain b64decode ignores the spare bits of the last character, so two different files
+    would decode to the same bytes; re-encoding and comparing makes every byte count.
+    """
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise DecryptionFailed("sealed data is malformed") from None
+    if base64.b64encode(data).decode("ascii") != text:
+        raise DecryptionFailed("sealed data is malformed")
+    return data

@@ -1,0 +1,132 @@
+"""Where the master key comes from (SPEC §2.1); first source found wins.
+
+1. `AGENT_RUN_MASTER_KEY` (base64);
+2. `--key-file` / `AGENT_RUN_KEY_FILE`;
+3. `$CREDENTIALS_DIRECTORY/agent-run.key` (systemd `LoadCredential=`);
+4. `/run/secrets/agent-run.key` (Docker and Kubernetes secrets);
+5. `<store>/master.key`, created on first `secrets set` when no key exists at all.
+
+A key file readable by group or others is refused, as ssh refuses such private keys.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from launcher import crypto
+from launcher.errors import ConfigError, PermissionProblem
+
+DOCKER_SECRET = Path("/run/secrets/agent-run.key")
+STORE_KEY_NAME = "master.key"
+
+
+@dataclass(frozen=True)
+class MasterKey:
+    key: bytes = field(repr=False)
+    source: str  # "AGENT_RUN_MASTER_KEY" or the file's path: said in errors, never the key
+    path: Path | None = None  # the file it came from, if any (key rotate rewrites it)
+
+    @property
+    def id(self) -> str:
+        return crypto.key_id(self.key)
+
+
+def decode_key(text: bytes, source: str) -> bytes:
+    """A key is 32 bytes, written as base64 text (what `key init` writes) or raw."""
+    stripped = text.strip()
+    try:
+        key = base64.b64decode(stripped, validate=True)
+    except (binascii.Error, ValueError):
+        key = b""
+    if len(key) == crypto.KEY_BYTES:
+        return key
+    if len(text) == crypto.KEY_BYTES:
+        return text
+    raise ConfigError(
+        f"the master key from {source} is not a base64-encoded 32-byte key "
+        "(create one with `agent-run key init`)"
+    )
+
+
+def read_key_file(path: Path) -> MasterKey:
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise ConfigError(f"key file {path} does not exist") from None
+    except PermissionError:
+        raise PermissionProblem(f"cannot read key file {path}: permission denied") from None
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o077:
+        raise PermissionProblem(
+            f"key file {path} is accessible by group or others (mode {mode:04o}); "
+            f"run `chmod 600 {path}`"
+        )
+    try:
+        data = path.read_bytes()
+    except PermissionError:
+        raise PermissionProblem(f"cannot read key file {path}: permission denied") from None
+    return MasterKey(decode_key(data, str(path)), str(path), path)
+
+
+def key_file_candidates(
+    store_root: Path, key_file: Path | None, environ: Mapping[str, str]
+) -> list[Path]:
+    """Key files in the order they are tried (the environment variable comes before all)."""
+    explicit = key_file or (
+        Path(environ["AGENT_RUN_KEY_FILE"]) if environ.get("AGENT_RUN_KEY_FILE") else None
+    )
+    if explicit is not None:
+        return [explicit]  # asked for by name: never fall back to another key
+    candidates: list[Path] = []
+    if environ.get("CREDENTIALS_DIRECTORY"):
+        candidates.append(Path(environ["CREDENTIALS_DIRECTORY"]) / "agent-run.key")
+    candidates += [DOCKER_SECRET, store_root / STORE_KEY_NAME]
+    return candidates
+
+
+def load_master_key(
+    store_root: Path,
+    key_file: Path | None = None,
+    environ: Mapping[str, str] = os.environ,
+) -> MasterKey:
+    """The master key from the first source that has one; ConfigError when none does."""
+    encoded = environ.get("AGENT_RUN_MASTER_KEY")
+    if encoded:
+        return MasterKey(
+            decode_key(encoded.encode(), "AGENT_RUN_MASTER_KEY"), "AGENT_RUN_MASTER_KEY"
+        )
+    candidates = key_file_candidates(store_root, key_file, environ)
+    for path in candidates:
+        if len(candidates) == 1 or path.exists():
+            return read_key_file(path)
+    raise ConfigError(
+        "no master key found (tried AGENT_RUN_MASTER_KEY, "
+        + ", ".join(str(p) for p in candidates)
+        + "); create one with `agent-run key init`"
+    )
+
+
+def write_key_file(path: Path, key: bytes) -> None:
+    """Write a new key file, 0600 from birth, refusing to replace an existing one."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, base64.b64encode(key) + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

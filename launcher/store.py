@@ -1,0 +1,593 @@
+"""The secret store: one sealed file per set, atomic writes, locking, versions, rollback.
+
+A set file has three lines:
+1. a small plaintext header — format, set name, version, status, update time, master key id,
+   number of keys — so `current_version()` reads one short line and `secrets list` needs no key;
+2. plaintext metadata — key names with their times, what the last change did, the wrapped data
+   key, and the nine previous versions (each sealed with the set's data key);
+3. the current values, sealed with the set's data key. Its associated data is lines 1 and 2
+   exactly as stored, so a renamed file, a hand-made rollback or any changed byte fails to
+   open instead of yielding wrong values.
+
+Writes take an exclusive `flock` on a side file (the set file itself is replaced by rename,
+so it cannot carry the lock), write a temporary file in the same directory, fsync, read it
+back and verify it, rename it over the set, and fsync the directory: after a crash at any
+instant the set is its old or its new version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from launcher import crypto
+from launcher.errors import ConfigError, DecryptionFailed, OperationFailed, PermissionProblem
+from launcher.keys import MasterKey, read_key_file
+from launcher.model import Secret, SecretSet, SetStatus
+from launcher.names import check_set_name, check_set_size
+
+FORMAT = 1
+SUFFIX = ".set"
+PLATFORM = "_platform"  # cannot collide: set names start with a letter or digit
+KEEP_VERSIONS = 10
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class SetInfo:
+    """What `secrets list` shows of a set, read without the key."""
+
+    name: str
+    version: int
+    status: str
+    updated: str
+    keys: int
+
+
+@dataclass(frozen=True)
+class Change:
+    added: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not (self.added or self.changed or self.removed)
+
+    def as_dict(self) -> dict[str, list[str]]:
+        return {
+            "added": list(self.added),
+            "changed": list(self.changed),
+            "removed": list(self.removed),
+        }
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    name: str
+    version: int
+    change: Change
+    previous_version: int | None
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    version: int
+    updated: str
+    change: Change
+    current: bool = False
+
+
+@dataclass
+class _Parsed:
+    """A set file split into its parts, before anything is decrypted."""
+
+    header: dict[str, Any]
+    meta: dict[str, Any]
+    associated: bytes  # lines 1 and 2, exactly as stored
+    sealed_values: bytes = field(repr=False)
+
+
+def _canonical(data: Mapping[str, Any]) -> bytes:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _data_key_context(name: str) -> bytes:
+    return b"agent-run data key\x00" + name.encode()
+
+
+def _history_context(name: str, entry: Mapping[str, Any]) -> bytes:
+    public = {k: v for k, v in entry.items() if k != "sealed"}
+    return b"agent-run history\x00" + name.encode() + b"\x00" + _canonical(public)
+
+
+def _encode_values(values: Mapping[str, str]) -> bytes:
+    return json.dumps(values, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _decode_values(data: bytes) -> dict[str, str]:
+    values = json.loads(data.decode("utf-8"))
+    if not isinstance(values, dict):
+        raise DecryptionFailed("sealed values are malformed")
+    return values
+
+
+class Store:
+    """A directory of sealed secret sets."""
+
+    def __init__(
+        self, root: Path, clock: Clock = time.time, environ: Mapping[str, str] | None = None
+    ):
+        self.root = root
+        self._clock = clock
+        self._environ = os.environ if environ is None else environ
+
+    @classmethod
+    def open(cls, root: Path | None = None, environ: Mapping[str, str] = os.environ) -> Store:
+        """`--store DIR`, else AGENT_RUN_HOME, else $XDG_DATA_HOME/agent-run."""
+        return cls(default_root(environ) if root is None else root, environ=environ)
+
+    # --- paths ---------------------------------------------------------------------------
+
+    @property
+    def run_dir(self) -> Path:
+        """Control sockets: AGENT_RUN_RUNTIME_DIR, else `<store>/run`."""
+        explicit = self._environ.get("AGENT_RUN_RUNTIME_DIR")
+        return Path(explicit) if explicit else self.root / "run"
+
+    def set_path(self, name: str) -> Path:
+        return self.root / f"{name}{SUFFIX}"
+
+    def platform_path(self) -> Path:
+        return self.set_path(PLATFORM)
+
+    def _lock_path(self, name: str) -> Path:
+        return self.root / f".{name}.lock"
+
+    # --- reading without the key ---------------------------------------------------------
+
+    def current_version(self, name: str) -> int | None:
+        """The set's version from its first line: no decryption. None if there is no set."""
+        try:
+            with open(self.set_path(name), "rb") as stream:
+                first = stream.readline(4096)
+        except FileNotFoundError:
+            return None
+        except PermissionError:
+            raise PermissionProblem(
+                f"cannot read {self.set_path(name)}: permission denied"
+            ) from None
+        try:
+            version = json.loads(first)["version"]
+        except (ValueError, KeyError, TypeError):
+            raise DecryptionFailed(f"set {name!r} is damaged (unreadable header)") from None
+        return int(version)
+
+    def exists(self, name: str) -> bool:
+        return self.set_path(name).exists()
+
+    def has_platform(self) -> bool:
+        return self.platform_path().exists()
+
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        try:
+            entries = os.listdir(self.root)
+        except PermissionError:
+            raise PermissionProblem(f"cannot read store {self.root}: permission denied") from None
+        return sorted(e[: -len(SUFFIX)] for e in entries if e.endswith(SUFFIX) and e[0] not in "._")
+
+    def list_sets(self) -> list[SetInfo]:
+        infos = []
+        for name in self.names():
+            parsed = self._parse(name, self._read_file(name))
+            header = parsed.header
+            infos.append(
+                SetInfo(
+                    name,
+                    int(header["version"]),
+                    str(header["status"]),
+                    str(header["updated"]),
+                    int(header["count"]),
+                )
+            )
+        return infos
+
+    def key_times(self, name: str) -> dict[str, dict[str, str]]:
+        """Each key's created/updated time (names only, no key needed)."""
+        return dict(self._parse(name, self._read_file(name)).meta["keys"])
+
+    def history(self, name: str) -> list[HistoryEntry]:
+        parsed = self._parse(name, self._read_file(name))
+        entries = [
+            HistoryEntry(
+                int(parsed.header["version"]),
+                str(parsed.header["updated"]),
+                Change(**{k: tuple(v) for k, v in parsed.meta["change"].items()}),
+                current=True,
+            )
+        ]
+        for old in parsed.meta["history"]:
+            entries.append(
+                HistoryEntry(
+                    int(old["version"]),
+                    str(old["updated"]),
+                    Change(**{k: tuple(v) for k, v in old["change"].items()}),
+                )
+            )
+        return entries
+
+    # --- reading with the key ------------------------------------------------------------
+
+    def read(self, name: str, key: MasterKey) -> SecretSet:
+        """The current version of a set, decrypted; ConfigError if missing or not ready."""
+        raw = self._read_existing(name)
+        parsed = self._parse(name, raw)
+        if parsed.header.get("status") != SetStatus.READY.value:
+            raise ConfigError(
+                f"secret set {name!r} is not ready (status {parsed.header.get('status')}); "
+                f"write it again with `agent-run secrets set {name} ...`"
+            )
+        values = self._open_values(name, parsed, key)
+        return SecretSet(
+            name=name,
+            version=int(parsed.header["version"]),
+            values={k: Secret(v) for k, v in values.items()},
+            status=SetStatus.READY,
+        )
+
+    def read_platform(self, key: MasterKey) -> dict[str, str]:
+        if not self.has_platform():
+            return {}
+        parsed = self._parse(PLATFORM, self._read_file(PLATFORM))
+        return self._open_values(PLATFORM, parsed, key)
+
+    # --- writing -------------------------------------------------------------------------
+
+    def update(
+        self,
+        name: str,
+        key: MasterKey,
+        change: Callable[[dict[str, str]], dict[str, str]],
+        *,
+        must_exist: bool = False,
+    ) -> WriteResult:
+        """Read-modify-write under the set's lock; `change` returns the new values."""
+        if name != PLATFORM:
+            check_set_name(name)
+        with self._locked(name):
+            raw = self._read_file(name, missing_ok=True)
+            if raw is None and must_exist:
+                raise self._not_found(name)
+            parsed = self._parse(name, raw) if raw is not None else None
+            old = self._open_values(name, parsed, key) if parsed else {}
+            new = change(dict(old))
+            check_set_size(name, new)
+            diff = _diff(old, new)
+            previous = int(parsed.header["version"]) if parsed else None
+            if parsed is not None and diff.empty:
+                return WriteResult(name, previous or 0, diff, previous)
+            version = (previous or 0) + 1
+            self._write(name, key, parsed, new, version, diff)
+            return WriteResult(name, version, diff, previous)
+
+    def rollback(self, name: str, key: MasterKey, version: int | None = None) -> WriteResult:
+        """Restore an earlier version's values as a new version."""
+        check_set_name(name)
+        with self._locked(name):
+            parsed = self._parse(name, self._read_existing(name))
+            current = int(parsed.header["version"])
+            history = parsed.meta["history"]
+            if not history:
+                raise OperationFailed(f"set {name!r} has no earlier version to roll back to")
+            target = version if version is not None else int(history[0]["version"])
+            entry = next((e for e in history if int(e["version"]) == target), None)
+            if entry is None:
+                kept = ", ".join(str(e["version"]) for e in history)
+                raise OperationFailed(
+                    f"set {name!r} has no version {target} to roll back to "
+                    f"(current v{current}; kept: {kept})"
+                )
+            data_key = self._data_key(name, parsed, key)
+            old = self._open_values(name, parsed, key)
+            restored = _decode_values(
+                crypto.open_sealed(
+                    data_key,
+                    crypto.b64decode_strict(entry["sealed"]),
+                    _history_context(name, entry),
+                )
+            )
+            diff = _diff(old, restored)
+            self._write(name, key, parsed, restored, current + 1, diff)
+            return WriteResult(name, current + 1, diff, current)
+
+    def delete(self, name: str) -> None:
+        check_set_name(name)
+        with self._locked(name):
+            self._read_existing(name)
+            self.set_path(name).unlink()
+            self._fsync_root()
+        self._lock_path(name).unlink(missing_ok=True)
+
+    def rewrap(self, name: str, old: MasterKey, new: MasterKey) -> bool:
+        """Seal a set's data key under a new master key; values and version unchanged.
+
+        Returns False when the set already uses the new key (a resumed rotation).
+        """
+        with self._locked(name):
+            parsed = self._parse(name, self._read_existing(name))
+            if parsed.header["key_id"] == new.id:
+                return False
+            values = self._open_values(name, parsed, old)
+            data_key = self._data_key(name, parsed, old)
+            header = dict(parsed.header, key_id=new.id)
+            meta = dict(
+                parsed.meta,
+                data_key=crypto.b64encode(crypto.seal(new.key, data_key, _data_key_context(name))),
+            )
+            self._commit(name, header, meta, data_key, values, new)
+            return True
+
+    def all_files(self) -> list[str]:
+        """Every set, plus the platform credentials when stored (for key rotation)."""
+        return self.names() + ([PLATFORM] if self.has_platform() else [])
+
+    # --- internals -----------------------------------------------------------------------
+
+    def _not_found(self, name: str) -> ConfigError:
+        known = self.names()
+        listing = (
+            f"known sets: {', '.join(known)}" if known else f"the store {self.root} has no sets"
+        )
+        return ConfigError(
+            f"secret set {name!r} not found; {listing} "
+            f"(create it with `agent-run secrets set {name} KEY=VALUE`)"
+        )
+
+    def _read_file(self, name: str, missing_ok: bool = False) -> bytes | None:  # type: ignore[return]
+        try:
+            return self.set_path(name).read_bytes()
+        except FileNotFoundError:
+            if missing_ok:
+                return None
+            if name == PLATFORM:
+                raise ConfigError("no platform credentials are stored") from None
+            raise self._not_found(name) from None
+        except PermissionError:
+            raise PermissionProblem(
+                f"cannot read {self.set_path(name)}: permission denied"
+            ) from None
+
+    def _read_existing(self, name: str) -> bytes:
+        raw = self._read_file(name)
+        assert raw is not None
+        return raw
+
+    def _parse(self, name: str, raw: bytes | None) -> _Parsed:
+        assert raw is not None
+        damaged = DecryptionFailed(
+            f"set {name!r} is damaged or was altered ({self.set_path(name)}); "
+            f"restore it from a backup or write it again"
+        )
+        lines = raw.split(b"\n")
+        if len(lines) != 4 or lines[3] != b"":
+            raise damaged
+        try:
+            header = json.loads(lines[0])
+            meta = json.loads(lines[1])
+            sealed = crypto.b64decode_strict(lines[2].decode("ascii"))
+        except (ValueError, UnicodeDecodeError, DecryptionFailed):
+            raise damaged from None
+        if not isinstance(header, dict) or not isinstance(meta, dict):
+            raise damaged
+        if header.get("format") != FORMAT:
+            raise ConfigError(
+                f"set {name!r} has format {header.get('format')!r}, which this agent-run "
+                f"(format {FORMAT}) cannot read; upgrade agent-run"
+            )
+        if header.get("set") != name:
+            raise damaged  # a file renamed to another set
+        return _Parsed(header, meta, lines[0] + b"\n" + lines[1], sealed)
+
+    def _key_for(self, name: str, parsed: _Parsed, key: MasterKey) -> MasterKey:
+        wanted = parsed.header.get("key_id")
+        if wanted == key.id:
+            return key
+        if key.path is not None:
+            # A rotation in progress: some sets are already sealed under the next key.
+            pending = key.path.with_name(key.path.name + ".next")
+            if pending.exists():
+                candidate = read_key_file(pending)
+                if candidate.id == wanted:
+                    return candidate
+        raise DecryptionFailed(
+            f"set {name!r} is sealed with master key {wanted}, but the key from {key.source} "
+            f"is {key.id}; use the matching key (AGENT_RUN_MASTER_KEY, --key-file, ...)"
+        )
+
+    def _data_key(self, name: str, parsed: _Parsed, key: MasterKey) -> bytes:
+        master = self._key_for(name, parsed, key)
+        try:
+            wrapped = crypto.b64decode_strict(str(parsed.meta["data_key"]))
+            return crypto.open_sealed(master.key, wrapped, _data_key_context(name))
+        except (KeyError, DecryptionFailed):
+            raise DecryptionFailed(
+                f"set {name!r} did not decrypt with the master key from {master.source}: "
+                "the file was altered or the key is wrong"
+            ) from None
+
+    def _open_values(self, name: str, parsed: _Parsed | None, key: MasterKey) -> dict[str, str]:
+        assert parsed is not None
+        data_key = self._data_key(name, parsed, key)
+        try:
+            plain = crypto.open_sealed(data_key, parsed.sealed_values, parsed.associated)
+            values = _decode_values(plain)
+        except (DecryptionFailed, ValueError, UnicodeDecodeError):
+            raise DecryptionFailed(
+                f"set {name!r} is damaged or was altered ({self.set_path(name)}); "
+                "it did not decrypt, and no value was used"
+            ) from None
+        if sorted(values) != sorted(parsed.meta.get("keys", {})):
+            raise DecryptionFailed(f"set {name!r} is damaged (key names do not match)")
+        return values
+
+    def _write(
+        self,
+        name: str,
+        key: MasterKey,
+        parsed: _Parsed | None,
+        values: dict[str, str],
+        version: int,
+        diff: Change,
+    ) -> None:
+        now = _iso(self._clock())
+        if parsed is None:
+            data_key = crypto.new_key()
+            old_times: dict[str, dict[str, str]] = {}
+            history: list[dict[str, Any]] = []
+            created = now
+        else:
+            data_key = self._data_key(name, parsed, key)
+            old_times = parsed.meta["keys"]
+            created = parsed.meta.get("created", now)
+            previous = {
+                "version": int(parsed.header["version"]),
+                "updated": parsed.header["updated"],
+                "change": parsed.meta["change"],
+            }
+            previous["sealed"] = crypto.b64encode(
+                crypto.seal(
+                    data_key,
+                    _encode_values(self._open_values(name, parsed, key)),
+                    _history_context(name, previous),
+                )
+            )
+            history = [previous, *parsed.meta["history"]][: KEEP_VERSIONS - 1]
+        changed = set(diff.added) | set(diff.changed)
+        times = {
+            k: {
+                "created": old_times.get(k, {}).get("created", now),
+                "updated": now if k in changed else old_times.get(k, {}).get("updated", now),
+            }
+            for k in sorted(values)
+        }
+        header = {
+            "format": FORMAT,
+            "set": name,
+            "version": version,
+            "status": SetStatus.READY.value,
+            "updated": now,
+            "key_id": key.id,
+            "count": len(values),
+        }
+        meta = {
+            "created": created,
+            "keys": times,
+            "change": diff.as_dict(),
+            "data_key": crypto.b64encode(crypto.seal(key.key, data_key, _data_key_context(name))),
+            "history": history,
+        }
+        self._commit(name, header, meta, data_key, values, key)
+
+    def _commit(
+        self,
+        name: str,
+        header: dict[str, Any],
+        meta: dict[str, Any],
+        data_key: bytes,
+        values: dict[str, str],
+        key: MasterKey,
+    ) -> None:
+        line1, line2 = _canonical(header), _canonical(meta)
+        sealed = crypto.seal(data_key, _encode_values(values), line1 + b"\n" + line2)
+        content = line1 + b"\n" + line2 + b"\n" + crypto.b64encode(sealed).encode() + b"\n"
+        target = self.set_path(name)
+        tmp = self.root / f".{name}{SUFFIX}.{os.getpid()}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, content)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._verify(name, tmp, values, key)
+            os.replace(tmp, target)
+        except PermissionError:
+            raise PermissionProblem(
+                f"cannot write to store {self.root}: permission denied"
+            ) from None
+        except OSError as error:
+            raise OperationFailed(
+                f"cannot write set {name!r} in {self.root}: {error.strerror}"
+            ) from None
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        self._fsync_root()
+
+    def _verify(self, name: str, path: Path, values: dict[str, str], key: MasterKey) -> None:
+        """Read the written file back before it replaces the set: status `ready` means this."""
+        parsed = self._parse(name, path.read_bytes())
+        if self._open_values(name, parsed, key) != values:
+            raise OperationFailed(f"set {name!r} did not verify after writing; nothing was changed")
+
+    @contextlib.contextmanager
+    def _locked(self, name: str) -> Iterator[None]:
+        import fcntl
+
+        self._ensure_root()
+        try:
+            fd = os.open(self._lock_path(name), os.O_RDWR | os.O_CREAT, 0o600)
+        except PermissionError:
+            raise PermissionProblem(
+                f"cannot write to store {self.root}: permission denied"
+            ) from None
+        except OSError as error:
+            raise OperationFailed(
+                f"cannot lock set {name!r} in {self.root}: {error.strerror}"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _ensure_root(self) -> None:
+        try:
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except PermissionError:
+            raise PermissionProblem(f"cannot create store {self.root}: permission denied") from None
+
+    def _fsync_root(self) -> None:
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _diff(old: Mapping[str, str], new: Mapping[str, str]) -> Change:
+    return Change(
+        added=tuple(sorted(new.keys() - old.keys())),
+        changed=tuple(sorted(k for k in new.keys() & old.keys() if new[k] != old[k])),
+        removed=tuple(sorted(old.keys() - new.keys())),
+    )
+
+
+def default_root(environ: Mapping[str, str] = os.environ) -> Path:
+    if environ.get("AGENT_RUN_HOME"):
+        return Path(environ["AGENT_RUN_HOME"])
+    data_home = environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data_home) / "agent-run"
