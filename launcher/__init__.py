@@ -7,13 +7,11 @@ modules that are imported lazily so that `agent-run` starts fast.
 
 from __future__ import annotations
 
-from typing import Any
-
 __version__ = "0.1.0"
 __all__ = ["__version__", "notify_ready", "notify_status", "notify_watchdog"]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     # Lazy: agents import `launcher` for one helper; they must not pay for the rest.
     if name in ("notify_ready", "notify_status", "notify_watchdog"):
         from launcher import sd_notify

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import os
 from collections.abc import Callable
 
@@ -33,6 +32,8 @@ def new_key(random_bytes: RandomBytes = os.urandom) -> bytes:
 
 def key_id(key: bytes) -> str:
     """A short public fingerprint of a key, to tell keys apart in files and errors."""
+    import hashlib  # lazy: OpenSSL's hashlib costs ~3 ms, and listing never needs it
+
     return hashlib.sha256(b"agent-run key id\x00" + key).hexdigest()[:16]
 
 

@@ -16,7 +16,6 @@ import binascii
 import os
 import stat
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from launcher import crypto
@@ -26,11 +25,18 @@ DOCKER_SECRET = Path("/run/secrets/agent-run.key")
 STORE_KEY_NAME = "master.key"
 
 
-@dataclass(frozen=True)
 class MasterKey:
-    key: bytes = field(repr=False)
-    source: str  # "AGENT_RUN_MASTER_KEY" or the file's path: said in errors, never the key
-    path: Path | None = None  # the file it came from, if any (key rotate rewrites it)
+    """The master key and where it came from; its repr never shows the key."""
+
+    __slots__ = ("key", "path", "source")
+
+    def __init__(self, key: bytes, source: str, path: Path | None = None) -> None:
+        self.key = key
+        self.source = source  # "AGENT_RUN_MASTER_KEY" or a file's path: said in errors
+        self.path = path  # the file it came from, if any (key rotate replaces it)
+
+    def __repr__(self) -> str:
+        return f"MasterKey(source={self.source!r}, id={self.id!r})"
 
     @property
     def id(self) -> str:

@@ -70,7 +70,7 @@ def check_secret_name(name: str) -> None:
 def check_value(name: str, value: str) -> None:
     """Non-empty UTF-8 text without NUL, at most 16 KiB encoded. Never shows the value."""
     if value == "":
-        raise InvalidInput(f"{name} has an empty value (use --ignore-empty to skip empty entries)")
+        raise InvalidInput(f"{name} has an empty value; a secret cannot be empty")
     if "\x00" in value:
         raise InvalidInput(f"{name}: values cannot contain a NUL character")
     try:

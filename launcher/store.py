@@ -22,26 +22,29 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from launcher import crypto
 from launcher.errors import ConfigError, DecryptionFailed, OperationFailed, PermissionProblem
 from launcher.keys import MasterKey, read_key_file
-from launcher.model import Secret, SecretSet, SetStatus
+
+if TYPE_CHECKING:
+    from launcher.model import SecretSet
 from launcher.names import check_set_name, check_set_size
 
 FORMAT = 1
 SUFFIX = ".set"
 PLATFORM = "_platform"  # cannot collide: set names start with a letter or digit
 KEEP_VERSIONS = 10
+READY = "ready"  # model.SetStatus.READY, spelled out to keep listing imports light
 Clock = Callable[[], float]
 
 
-@dataclass(frozen=True)
-class SetInfo:
+# NamedTuples rather than dataclasses: `dataclasses` imports `inspect` (~5 ms), and
+# `secrets list` must start within a few times `python -c pass`.
+class SetInfo(NamedTuple):
     """What `secrets list` shows of a set, read without the key."""
 
     name: str
@@ -51,8 +54,7 @@ class SetInfo:
     keys: int
 
 
-@dataclass(frozen=True)
-class Change:
+class Change(NamedTuple):
     added: tuple[str, ...] = ()
     changed: tuple[str, ...] = ()
     removed: tuple[str, ...] = ()
@@ -69,30 +71,27 @@ class Change:
         }
 
 
-@dataclass(frozen=True)
-class WriteResult:
+class WriteResult(NamedTuple):
     name: str
     version: int
     change: Change
     previous_version: int | None
 
 
-@dataclass(frozen=True)
-class HistoryEntry:
+class HistoryEntry(NamedTuple):
     version: int
     updated: str
     change: Change
     current: bool = False
 
 
-@dataclass
-class _Parsed:
+class _Parsed(NamedTuple):
     """A set file split into its parts, before anything is decrypted."""
 
     header: dict[str, Any]
     meta: dict[str, Any]
     associated: bytes  # lines 1 and 2, exactly as stored
-    sealed_values: bytes = field(repr=False)
+    sealed_values: bytes
 
 
 def _canonical(data: Mapping[str, Any]) -> bytes:
@@ -233,9 +232,11 @@ class Store:
 
     def read(self, name: str, key: MasterKey) -> SecretSet:
         """The current version of a set, decrypted; ConfigError if missing or not ready."""
+        from launcher.model import Secret, SecretSet, SetStatus
+
         raw = self._read_existing(name)
         parsed = self._parse(name, raw)
-        if parsed.header.get("status") != SetStatus.READY.value:
+        if parsed.header.get("status") != READY:
             raise ConfigError(
                 f"secret set {name!r} is not ready (status {parsed.header.get('status')}); "
                 f"write it again with `agent-run secrets set {name} ...`"
@@ -487,7 +488,7 @@ class Store:
             "format": FORMAT,
             "set": name,
             "version": version,
-            "status": SetStatus.READY.value,
+            "status": READY,
             "updated": now,
             "key_id": key.id,
             "count": len(values),
