@@ -1,0 +1,318 @@
+"""The secrets CLI, run as a real subprocess against a temporary store (SPEC §2.4, §7)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import urllib.parse
+from pathlib import Path
+
+import pytest
+
+from launcher.keys import MasterKey
+from launcher.store import Store
+
+from .conftest import CLI
+
+
+def _values(store_dir: Path, master_key: str, name: str = "s") -> dict[str, str]:
+    key = MasterKey(base64.b64decode(master_key), "test")
+    return Store(store_dir).read(name, key).plain()
+
+
+# Pipecat's "Special characters" table, as the shell hands the tokens over.
+GRAMMAR_TABLE = [
+    (["KEY1=simple"], "simple"),
+    (["KEY1=value with spaces"], "value with spaces"),  # KEY1="value with spaces" / "KEY1=..."
+    (["KEY1=value=with=equals"], "value=with=equals"),  # KEY1="value=with=equals"
+    (["KEY1==value=with=equals"], "value=with=equals"),
+    (['KEY1=value with "quotes"'], 'value with "quotes"'),  # both shell spellings
+    (["KEY1=value with \\backslashes"], "value with \\backslashes"),  # both shell spellings
+    (["KEY1", "=starts-with-equals"], "=starts-with-equals"),
+    (["KEY1", "two words"], "two words"),
+]
+
+
+@pytest.mark.parametrize(("tokens", "stored"), GRAMMAR_TABLE)
+def test_grammar_table(
+    cli: CLI, store_dir: Path, master_key: str, tokens: list[str], stored: str
+) -> None:
+    """Every row of the spec's grammar table stores exactly the documented value."""
+    result = cli("secrets", "set", "s", *tokens)
+    assert result.returncode == 0, result.stderr
+    assert _values(store_dir, master_key) == {"KEY1": stored}
+
+
+def test_all_input_forms_in_one_call(
+    cli: CLI, store_dir: Path, master_key: str, tmp_path: Path
+) -> None:
+    """Pairs, --secrets, --secrets-file, --stdin and --from-env combine in one version."""
+    env_file = tmp_path / "x.env"
+    env_file.write_text('FROM_FILE="file value"\n')
+    pem = "-----BEGIN KEY-----\nabc\n-----END KEY-----\n"
+    result = cli(
+        "secrets", "set", "s", "A=1", "B", "two", "--secrets", "C=3", "--secrets-file", str(env_file),
+        "--stdin", "PEM", "--from-env", "FROM_ENV", "--json",
+        input=pem, env={"FROM_ENV": "env value"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["version"] == 1
+    assert _values(store_dir, master_key) == {
+        "A": "1", "B": "two", "C": "3", "FROM_FILE": "file value", "PEM": pem, "FROM_ENV": "env value"
+    }  # fmt: skip
+
+
+def test_stdin_single_line_loses_only_the_final_newline(
+    cli: CLI, store_dir: Path, master_key: str
+) -> None:
+    """`echo sk-1 | ... --stdin K` stores `sk-1`; blanks inside are kept."""
+    assert cli("secrets", "set", "s", "--stdin", "K", input="  sk-1 \n").returncode == 0
+    assert _values(store_dir, master_key) == {"K": "  sk-1 "}
+
+
+def test_human_output_counts_changes_and_never_shows_values(cli: CLI) -> None:
+    """Output is 'SET vN: ...' with counts; values appear nowhere in stdout or stderr."""
+    first = cli("secrets", "set", "s", "A=sekrit-aaa", "B=sekrit-bbb")
+    second = cli("secrets", "set", "s", "A=sekrit-ccc", "C=sekrit-ddd")
+    same = cli("secrets", "set", "s", "A=sekrit-ccc")
+    assert first.stdout.strip() == "s v1: 2 added"
+    assert second.stdout.strip() == "s v2: 1 added, 1 updated"
+    assert same.stdout.strip() == "s v2: unchanged"
+    listing = cli("secrets", "list", "s")
+    for result in (
+        first,
+        second,
+        same,
+        listing,
+        cli("secrets", "list"),
+        cli("secrets", "history", "s"),
+    ):
+        assert "sekrit" not in result.stdout + result.stderr
+
+
+def test_overwrite_replaces_the_whole_set(cli: CLI, store_dir: Path, master_key: str) -> None:
+    """--overwrite removes keys not given; without it they stay."""
+    cli("secrets", "set", "s", "A=1", "B=2")
+    cli("secrets", "set", "s", "C=3")
+    assert _values(store_dir, master_key) == {"A": "1", "B": "2", "C": "3"}
+    result = cli("secrets", "set", "s", "D=4", "--overwrite")
+    assert result.stdout.strip() == "s v3: 1 added, 3 removed"
+    assert _values(store_dir, master_key) == {"D": "4"}
+
+
+@pytest.mark.parametrize(
+    ("tokens", "code", "message"),
+    [
+        (["MY-KEY=1"], 65, "did you mean MY_KEY?"),
+        (["LIVEKIT_API_KEY=x"], 65, "provided by the platform"),
+        (["AGENT_RUN_X=x"], 65, "reserved"),
+        (["EMPTY="], 65, "empty value"),
+        (["A"], 2, "has no value"),
+        ([], 2, "nothing to set"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(
+    cli: CLI, store_dir: Path, tokens: list[str], code: int, message: str
+) -> None:
+    """Bad input: one clear line, the §7 exit code, and no set, key or file created."""
+    result = cli("secrets", "set", "s", "GOOD=1", *tokens) if tokens else cli("secrets", "set", "s")
+    assert result.returncode == code
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (store_dir / "s.set").exists()
+
+
+def test_bad_set_name_is_refused(cli: CLI) -> None:
+    """A set name that could escape the store is refused with exit 65."""
+    result = cli("secrets", "set", "../evil", "A=1")
+    assert result.returncode == 65 and "set name" in result.stderr
+
+
+def test_imported_file_skips_reserved_names_with_a_warning(
+    cli: CLI, store_dir: Path, master_key: str, tmp_path: Path
+) -> None:
+    """LIVEKIT_* and AGENT_RUN_* lines of a file are skipped and named, as LiveKit's CLI does."""
+    env_file = tmp_path / "x.env"
+    env_file.write_text("A=1\nLIVEKIT_URL=wss://x\nAGENT_RUN_WORKERS=3\n")
+    result = cli("secrets", "set", "s", "--secrets-file", str(env_file))
+    assert result.returncode == 0
+    assert "skipped LIVEKIT_URL" in result.stderr and "skipped AGENT_RUN_WORKERS" in result.stderr
+    assert _values(store_dir, master_key) == {"A": "1"}
+
+
+def test_ignore_empty_skips_and_names(
+    cli: CLI, store_dir: Path, master_key: str, tmp_path: Path
+) -> None:
+    """Empty entries fail the import unless --ignore-empty, which names what it skipped."""
+    env_file = tmp_path / "x.env"
+    env_file.write_text("A=1\nB=\n")
+    failed = cli("secrets", "set", "s", "--secrets-file", str(env_file))
+    assert failed.returncode == 65 and "B" in failed.stderr
+    ok = cli("secrets", "set", "s", "--secrets-file", str(env_file), "--ignore-empty")
+    assert ok.returncode == 0 and "B" in ok.stderr
+    assert _values(store_dir, master_key) == {"A": "1"}
+
+
+def test_discovery_imports_the_only_dotenv_file(cli: CLI, store_dir: Path, master_key: str) -> None:
+    """Without a terminal and with one .env file present, `secrets set S` imports it."""
+    (cli.cwd / ".env").write_text("A=from-dotenv\n")
+    result = cli("secrets", "set", "s")
+    assert result.returncode == 0, result.stderr
+    assert _values(store_dir, master_key) == {"A": "from-dotenv"}
+
+
+def test_discovery_with_several_files_asks_for_one(cli: CLI, store_dir: Path) -> None:
+    """With .env and .env.local present and no terminal, the error names both."""
+    (cli.cwd / ".env").write_text("A=1\n")
+    (cli.cwd / ".env.local").write_text("A=2\n")
+    result = cli("secrets", "set", "s")
+    assert result.returncode == 2
+    assert ".env, .env.local" in result.stderr and "--secrets-file" in result.stderr
+    assert not (store_dir / "s.set").exists()
+
+
+def test_unset_history_rollback(cli: CLI, store_dir: Path, master_key: str) -> None:
+    """unset removes keys; history lists changes by name; rollback restores as a new version."""
+    cli("secrets", "set", "s", "A=1", "B=2")
+    cli("secrets", "set", "s", "A=changed")
+    cli("secrets", "unset", "s", "B")
+    history = json.loads(cli("secrets", "history", "s", "--json").stdout)
+    assert [(h["version"], h["added"], h["updated"], h["removed"]) for h in history] == [
+        (3, [], [], ["B"]),
+        (2, [], ["A"], []),
+        (1, ["A", "B"], [], []),
+    ]
+    back = cli("secrets", "rollback", "s", "1", "--json")
+    assert back.returncode == 0, back.stderr
+    assert json.loads(back.stdout)["version"] == 4
+    assert _values(store_dir, master_key) == {"A": "1", "B": "2"}
+    missing = cli("secrets", "rollback", "s", "99")
+    assert missing.returncode == 1 and "no version 99" in missing.stderr
+
+
+def test_history_keeps_ten_versions(cli: CLI) -> None:
+    """After 12 versions, history shows the last 10."""
+    for i in range(12):
+        cli("secrets", "set", "s", f"A={i}")
+    versions = [h["version"] for h in json.loads(cli("secrets", "history", "s", "--json").stdout)]
+    assert versions == list(range(12, 2, -1))
+
+
+def test_list_needs_no_key(cli: CLI) -> None:
+    """Listing sets and keys works without any master key."""
+    cli("secrets", "set", "s", "A=1", "B=2")
+    result = cli("secrets", "list", "--json", env={"AGENT_RUN_MASTER_KEY": ""})
+    assert result.returncode == 0, result.stderr
+    (entry,) = json.loads(result.stdout)
+    assert (entry["name"], entry["keys"], entry["version"], entry["status"]) == ("s", 2, 1, "ready")
+    keys = json.loads(
+        cli("secrets", "list", "s", "--json", env={"AGENT_RUN_MASTER_KEY": ""}).stdout
+    )
+    assert [k["key"] for k in keys] == ["A", "B"]
+
+
+def test_delete_needs_yes_without_a_terminal(cli: CLI, store_dir: Path) -> None:
+    """delete refuses without --yes off a terminal, and removes the set with it."""
+    cli("secrets", "set", "s", "A=1")
+    refused = cli("secrets", "delete", "s")
+    assert refused.returncode == 2 and (store_dir / "s.set").exists()
+    assert cli("secrets", "delete", "s", "--yes").returncode == 0
+    assert not (store_dir / "s.set").exists()
+    gone = cli("secrets", "delete", "s", "--yes")
+    assert gone.returncode == 78 and "not found" in gone.stderr
+
+
+def test_no_plaintext_value_on_disk(cli: CLI, store_dir: Path, tmp_path: Path) -> None:
+    """No value, nor its base64 or URL-encoded form, is in any file under the store."""
+    value = "sk-live-0123456789abcdef-PLAINTEXT"
+    cli("secrets", "set", "s", f"A={value}")
+    cli("secrets", "set", "s", "A=other-value-xyz")  # the old value now lives in history
+    cli("platform", "set", "livekit", "LIVEKIT_API_SECRET=" + value)
+    forms = [value, base64.b64encode(value.encode()).decode(), urllib.parse.quote(value)]
+    for path in store_dir.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            for form in forms:
+                assert form.encode() not in data, f"{form} found in {path}"
+
+
+def test_first_set_creates_a_private_master_key(cli: CLI, store_dir: Path) -> None:
+    """With no key anywhere, the first set creates <store>/master.key (0600) and says so."""
+    result = cli("secrets", "set", "s", "A=1", env={"AGENT_RUN_MASTER_KEY": ""})
+    assert result.returncode == 0, result.stderr
+    key_file = store_dir / "master.key"
+    assert "created master key" in result.stderr
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert store_dir.stat().st_mode & 0o777 == 0o700
+    assert (store_dir / "s.set").stat().st_mode & 0o777 == 0o600
+    again = cli("secrets", "set", "s", "B=2", env={"AGENT_RUN_MASTER_KEY": ""})
+    assert again.returncode == 0 and "created" not in again.stderr
+
+
+def test_loose_key_file_is_refused(cli: CLI, store_dir: Path, tmp_path: Path) -> None:
+    """A group/other-readable key file is refused with exit 77 and the chmod to run."""
+    key_file = tmp_path / "k"
+    key_file.write_text(base64.b64encode(os.urandom(32)).decode())
+    key_file.chmod(0o644)
+    result = cli(
+        "secrets", "set", "s", "A=1", "--key-file", str(key_file), env={"AGENT_RUN_MASTER_KEY": ""}
+    )
+    assert result.returncode == 77
+    assert f"chmod 600 {key_file}" in result.stderr
+
+
+def test_wrong_key_is_a_configuration_error(cli: CLI) -> None:
+    """Reading with another master key fails with exit 78 and names the key source."""
+    cli("secrets", "set", "s", "A=1")
+    other = base64.b64encode(os.urandom(32)).decode()
+    result = cli("secrets", "set", "s", "B=2", env={"AGENT_RUN_MASTER_KEY": other})
+    assert result.returncode == 78
+    assert "AGENT_RUN_MASTER_KEY" in result.stderr
+
+
+def test_key_rotate_keeps_values(tmp_path: Path, cli: CLI) -> None:
+    """key rotate re-seals every set under a new key file; values and versions are unchanged."""
+    key_file = tmp_path / "master.key"
+    env = {"AGENT_RUN_MASTER_KEY": "", "AGENT_RUN_KEY_FILE": str(key_file)}
+    assert cli("key", "init", env=env).returncode == 0
+    old_key = key_file.read_text()
+    cli("secrets", "set", "a", "X=1", env=env)
+    cli("secrets", "set", "b", "Y=2", env=env)
+    cli("platform", "set", "livekit", "LIVEKIT_URL=wss://x", env=env)
+    result = cli("key", "rotate", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "3 set(s) re-sealed" in result.stdout
+    assert key_file.read_text() != old_key
+    stale = cli("secrets", "set", "a", "Z=3", env={"AGENT_RUN_MASTER_KEY": old_key.strip()})
+    assert stale.returncode == 78
+    key = MasterKey(base64.b64decode(key_file.read_text()), "t")
+    store = Store(Path(cli.env["AGENT_RUN_HOME"]))
+    assert store.read("a", key).plain() == {"X": "1"} and store.read("a", key).version == 1
+    assert store.read_platform(key) == {"LIVEKIT_URL": "wss://x"}
+
+
+def test_platform_set_and_show(cli: CLI) -> None:
+    """platform set takes only LIVEKIT_* names; show says where each comes from, not values."""
+    result = cli(
+        "platform", "set", "livekit", "LIVEKIT_URL=wss://lk", "--stdin", "LIVEKIT_API_SECRET",
+        input="very-secret\n",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    show = cli("platform", "show", "--json", env={"LIVEKIT_API_KEY": "from-env"})
+    assert json.loads(show.stdout) == {
+        "LIVEKIT_URL": "store",
+        "LIVEKIT_API_KEY": "environment",
+        "LIVEKIT_API_SECRET": "store",
+    }
+    assert "very-secret" not in show.stdout and "wss://lk" not in show.stdout
+    bad = cli("platform", "set", "livekit", "OPENAI_API_KEY=x")
+    assert bad.returncode == 65
+
+
+def test_unknown_set_lists_known_ones(cli: CLI) -> None:
+    """Asking for a missing set exits 78 and lists the sets that exist."""
+    cli("secrets", "set", "dev", "A=1")
+    result = cli("secrets", "history", "prod")
+    assert result.returncode == 78
+    assert "known sets: dev" in result.stderr

@@ -1,0 +1,91 @@
+"""The command-line pair grammar and dotenv input (SPEC §2.4)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from launcher.cli.store_commands import split_tokens
+from launcher.errors import InvalidInput, UsageError
+from launcher.parse import parse_pairs, read_dotenv
+
+values = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1
+)
+keys = st.from_regex(r"[A-Za-z][A-Za-z0-9_]{0,20}", fullmatch=True)
+
+
+@given(keys, values)
+def test_key_value_pair_round_trips(key: str, value: str) -> None:
+    """KEY VALUE (two tokens) stores any value exactly, including a leading '='."""
+    assert parse_pairs([key, value]) == [(key, value)]
+
+
+@given(keys, values.filter(lambda v: not v.startswith("=")))
+def test_key_equals_value_round_trips(key: str, value: str) -> None:
+    """KEY=VALUE keeps everything after the first '=' verbatim."""
+    assert parse_pairs([f"{key}={value}"]) == [(key, value)]
+
+
+@given(keys, values)
+def test_double_equals_round_trips(key: str, value: str) -> None:
+    """KEY==VALUE is KEY=VALUE, whatever VALUE holds."""
+    assert parse_pairs([f"{key}=={value}"]) == [(key, value)]
+
+
+@given(keys, values)
+def test_split_tokens_keeps_values_that_look_like_options(key: str, value: str) -> None:
+    """After a bare key the next token is its value, even `--json` or `-x`."""
+    options, pairs = split_tokens(["prod", key, value, "--json"])
+    assert options == ["prod", "--json"]
+    assert pairs == [key, value]
+
+
+def test_key_without_value_is_a_usage_error() -> None:
+    """A trailing bare key says how to give it a value."""
+    with pytest.raises(UsageError, match="B=VALUE"):
+        parse_pairs(["A=1", "B"])
+
+
+def test_dotenv_file_features(tmp_path: Path) -> None:
+    """Quotes, escapes, `export`, multi-line values, no interpolation."""
+    env = tmp_path / "secrets.env"
+    env.write_text(
+        'export A="x y"\n'
+        "B='single $HOME'\n"
+        'C="line1\nline2"\n'
+        "D=${HOME}\n"
+        'E="with \\"quotes\\""\n'
+        "# comment\n"
+        "F=plain # trailing comment\n"
+    )
+    entries = read_dotenv(env)
+    assert entries.values == {
+        "A": "x y",
+        "B": "single $HOME",
+        "C": "line1\nline2",
+        "D": "${HOME}",
+        "E": 'with "quotes"',
+        "F": "plain",
+    }
+
+
+def test_dotenv_empty_entries_are_listed(tmp_path: Path) -> None:
+    """Empty values are reported by name, for --ignore-empty or an error."""
+    env = tmp_path / "e.env"
+    env.write_text("A=1\nB=\nC\n")
+    entries = read_dotenv(env)
+    assert entries.values == {"A": "1"}
+    assert sorted(entries.empty) == ["B", "C"]
+
+
+def test_dotenv_unparsable_line_names_the_line_not_the_text(tmp_path: Path) -> None:
+    """A broken line is reported by number; its text (maybe a value) is not echoed."""
+    env = tmp_path / "e.env"
+    env.write_text("A=1\nthis is sk-secret-ish garbage\n")
+    with pytest.raises(InvalidInput, match="line 2") as caught:
+        read_dotenv(env)
+    assert "sk-secret" not in str(caught.value)
