@@ -509,9 +509,11 @@ def cmd_secrets_history(args: argparse.Namespace) -> int:
                 [
                     {
                         "version": e.version,
-                        "updated": e.updated,
+                        "time": e.updated,
                         "current": e.current,
-                        **e.change.as_dict(),
+                        "added": list(e.change.added),
+                        "updated": list(e.change.changed),
+                        "removed": list(e.change.removed),
                     }
                     for e in entries
                 ]
