@@ -515,6 +515,9 @@ class Store:
         sealed = crypto.seal(data_key, _encode_values(values), line1 + b"\n" + line2)
         content = line1 + b"\n" + line2 + b"\n" + crypto.b64encode(sealed).encode() + b"\n"
         target = self.set_path(name)
+        # Temp files of writers that died mid-write: we hold the lock, so none is in use.
+        for stale in self.root.glob(f".{name}{SUFFIX}.*.tmp"):
+            stale.unlink(missing_ok=True)
         tmp = self.root / f".{name}{SUFFIX}.{os.getpid()}.tmp"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
