@@ -14,9 +14,6 @@ import socket
 from collections.abc import Generator
 from typing import Any
 
-import anyio
-from anyio.abc import TaskStatus
-
 from launcher.errors import OperationFailed, UsageError
 
 
@@ -57,14 +54,17 @@ def _quiet_server_class() -> Any:
     return QuietServer
 
 
-async def serve_asgi(
-    app: Any,
-    sock: socket.socket,
-    *,
-    task_status: TaskStatus[tuple[str, int]] = anyio.TASK_STATUS_IGNORED,
-) -> None:
-    """Serve `app` on the already bound `sock` until cancelled; reports the address when up."""
+async def serve_asgi(app: Any, sock: socket.socket, *, task_status: Any = None) -> None:
+    """Serve `app` on the already bound `sock` until cancelled; reports the address when up.
+
+    Use with `TaskGroup.start()`; anyio is imported here, not at module level, so that
+    binding the socket (done before the workers are spawned) costs no event-loop import.
+    """
+    import anyio
     import uvicorn
+
+    if task_status is None:
+        task_status = anyio.TASK_STATUS_IGNORED
 
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off")
     server = _quiet_server_class()(config)

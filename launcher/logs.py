@@ -1,0 +1,62 @@
+"""The one structlog configuration: JSON lines off a terminal, readable console on one.
+
+Imported only after the workers are spawned (structlog costs ~50 ms to import). Every event
+passes a redaction step that masks secret values in any string field, so a value can never
+reach a log line even through an exception message or a worker's STATUS= text.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, MutableMapping
+from typing import Any
+
+from launcher.config import LogFormat
+from launcher.output import Masker
+
+Log = Callable[..., None]
+
+
+def _redactor(
+    masker: Masker,
+) -> Callable[[Any, str, MutableMapping[str, Any]], MutableMapping[str, Any]]:
+    def redact(
+        logger: Any, method: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        if masker:
+            for key, value in event.items():
+                if isinstance(value, str):
+                    event[key] = masker.mask_text(value)
+        return event
+
+    return redact
+
+
+def configure(log_format: LogFormat, masker: Masker) -> Log:
+    """Configure structlog for the launcher and return `log(event, level=..., **fields)`."""
+    import structlog
+
+    use_json = log_format is LogFormat.JSON or (
+        log_format is LogFormat.AUTO and not sys.stderr.isatty()
+    )
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if use_json
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _redactor(masker),
+            renderer,
+        ],
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    logger = structlog.get_logger("agent-run")
+
+    def log(event: str, level: str = "info", **fields: Any) -> None:
+        getattr(logger, level)(event, **fields)
+
+    return log

@@ -1,0 +1,79 @@
+"""The sd_notify socket the launcher offers its workers (`NOTIFY_SOCKET` in their environment).
+
+One datagram socket for the whole pool, in a private 0700 directory. The kernel tells us who
+sent each datagram (SO_PASSCRED / SCM_CREDENTIALS), so a worker is recognised by pid — or by
+process group, for a library that notifies from a helper process. `READY=1`, `WATCHDOG=1`,
+`STATUS=` and `STOPPING=1` are understood; anything else is ignored, as systemd does.
+
+The socket is created before the workers are spawned (a few syscalls); datagrams queue in
+its buffer until the event loop starts reading.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import struct
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+Handler = Callable[[int, dict[str, str]], None]  # (sender pid, fields)
+
+_UCRED = struct.Struct("3i")
+
+
+def parse(message: bytes) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for line in message.decode("utf-8", "replace").splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            fields[key] = value
+    return fields
+
+
+class NotifySocket:
+    def __init__(self) -> None:
+        self._dir = Path(tempfile.mkdtemp(prefix="agent-run-notify-"))
+        self.path = str(self._dir / "notify.sock")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self.sock.bind(self.path)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self.sock.setblocking(False)
+
+    def receive_pending(self, handler: Handler) -> None:
+        """Hand every queued datagram to `handler`; returns when the queue is empty."""
+        while True:
+            try:
+                data, ancillary, _flags, _addr = self.sock.recvmsg(
+                    4096, socket.CMSG_SPACE(_UCRED.size)
+                )
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            pid = 0
+            for level, kind, payload in ancillary:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                    pid = _UCRED.unpack(payload[: _UCRED.size])[0]
+            handler(pid, parse(data))
+
+    async def serve(self, handler: Handler) -> None:
+        """Dispatch datagrams until cancelled."""
+        import anyio
+
+        while True:
+            await anyio.wait_readable(self.sock)
+            self.receive_pending(handler)
+
+    def close(self) -> None:
+        self.sock.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def process_group(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except (ProcessLookupError, PermissionError):
+        return None

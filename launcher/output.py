@@ -1,0 +1,200 @@
+"""Relay of worker output, with every secret value masked.
+
+Each worker's stdout and stderr (or its pseudo-terminal) are read by one relay thread that
+writes complete lines to the launcher's own stdout/stderr with every secret value — and its
+base64 and URL-encoded forms — replaced by `***`.
+
+Why threads and not the event loop: the relay is on the launch critical path. Workers are
+spawned before the launcher imports anyio (asyncio alone costs ~25 ms), and a thread doing
+blocking reads relays an agent's first line while the main thread is still importing. A
+blocking read/write loop is also the fastest relay Python has: no event-loop hop per chunk.
+
+Masking uses Aho-Corasick (ahocorasick-rs): one pass over each chunk whatever the number of
+patterns, where a regex alternation of a few hundred literals relays only a few MB/s.
+A line is only written once it is complete, so a value split across two reads is still
+caught; a partial line (a prompt) is written after PARTIAL_FLUSH_S of silence.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import select
+import threading
+import urllib.parse
+from collections.abc import Callable, Iterable
+from typing import Any
+
+MASK = b"***"
+# Values shorter than this are not masked: "1" or "true" would mangle every line of output.
+MIN_MASKED_LENGTH = 4
+PARTIAL_FLUSH_S = 0.05
+MAX_LINE = 64 * 1024
+READ_SIZE = 64 * 1024
+
+
+def _forms(value: str) -> set[bytes]:
+    """The spellings of a value that must not appear in output."""
+    found: set[bytes] = set()
+    pieces = [value] + ([line.strip() for line in value.splitlines()] if "\n" in value else [])
+    for piece in pieces:
+        raw = piece.encode("utf-8")
+        if len(raw) < MIN_MASKED_LENGTH:
+            continue
+        found.add(raw)
+        found.add(base64.b64encode(raw))
+        found.add(base64.urlsafe_b64encode(raw))
+        found.add(base64.b64encode(raw).rstrip(b"="))
+        found.add(urllib.parse.quote(piece, safe="").encode())
+        found.add(urllib.parse.quote_plus(piece, safe="").encode())
+    return {form for form in found if len(form) >= MIN_MASKED_LENGTH}
+
+
+class Masker:
+    """Replaces every form of every secret value in a byte string."""
+
+    def __init__(self, values: Iterable[str]) -> None:
+        self._patterns: set[bytes] = set()
+        self._automaton: Any = None
+        self.add(values)
+
+    def add(self, values: Iterable[str]) -> None:
+        """Mask these values too (a rollout's new values; the old ones stay masked, since
+        draining workers still hold them). Relay threads see the new automaton at once."""
+        patterns = set(self._patterns)
+        for value in values:
+            patterns |= _forms(value)
+        if patterns == self._patterns:
+            return
+        import ahocorasick_rs
+
+        self._patterns = patterns
+        self._automaton = ahocorasick_rs.BytesAhoCorasick(
+            sorted(patterns), matchkind=ahocorasick_rs.MatchKind.LeftmostLongest
+        )
+
+    def __bool__(self) -> bool:
+        return self._automaton is not None
+
+    def mask(self, data: bytes) -> bytes:
+        automaton = self._automaton  # one read: add() may swap it from another thread
+        if automaton is None:
+            return data
+        pieces: list[bytes] = []
+        last = 0
+        for _index, start, end in automaton.find_matches_as_indexes(data):
+            pieces.append(data[last:start])
+            pieces.append(MASK)
+            last = end
+        if not pieces:
+            return data
+        pieces.append(data[last:])
+        return b"".join(pieces)
+
+    def mask_text(self, text: str) -> str:
+        return self.mask(text.encode("utf-8", "surrogateescape")).decode("utf-8", "replace")
+
+
+_write_locks: dict[int, threading.Lock] = {}
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    lock = _write_locks.setdefault(fd, threading.Lock())
+    with lock:  # whole chunks: lines of two workers never interleave mid-line
+        view = memoryview(data)
+        while view:
+            try:
+                written = os.write(fd, view)
+            except BlockingIOError:
+                select.select([], [fd], [])
+                continue
+            except (BrokenPipeError, OSError):
+                return  # our own output is gone (closed terminal): keep supervising
+            view = view[written:]
+
+
+class Relay:
+    """Copies masked lines from a worker's output fds to ours, in a daemon thread."""
+
+    def __init__(
+        self,
+        routes: dict[int, int],  # worker fd (read end) -> our fd (1 or 2)
+        masker: Masker,
+        on_line: Callable[[bytes], None] | None = None,
+        name: str = "relay",
+    ) -> None:
+        self._routes = routes
+        self._masker = masker
+        self.on_line = on_line  # sees each complete line before masking (log: readiness)
+        self.finished = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> Relay:
+        self._thread.start()
+        return self
+
+    def _emit(self, target: int, data: bytes) -> None:
+        if self.on_line is not None:
+            for line in data.splitlines():
+                self.on_line(line)
+        _write_all(target, self._masker.mask(data))
+
+    def _run(self) -> None:
+        poller = select.poll()
+        pending: dict[int, bytes] = {}
+        for fd in self._routes:
+            poller.register(fd, select.POLLIN)
+            pending[fd] = b""
+        open_fds = set(self._routes)
+        try:
+            while open_fds:
+                timeout = PARTIAL_FLUSH_S * 1000 if any(pending.values()) else None
+                events = poller.poll(timeout)
+                if not events:
+                    for fd, tail in pending.items():  # silence: show the prompt as it is
+                        if tail:
+                            self._emit(self._routes[fd], tail)
+                            pending[fd] = b""
+                    continue
+                for fd, _event in events:
+                    try:
+                        chunk = os.read(fd, READ_SIZE)
+                    except OSError:  # EIO: a pty whose worker has exited
+                        chunk = b""
+                    if not chunk:
+                        poller.unregister(fd)
+                        open_fds.discard(fd)
+                        if pending[fd]:
+                            self._emit(self._routes[fd], pending[fd])
+                            pending[fd] = b""
+                        continue
+                    data = pending[fd] + chunk
+                    cut = data.rfind(b"\n") + 1
+                    if cut == 0 and len(data) < MAX_LINE:
+                        pending[fd] = data
+                        continue
+                    if cut == 0:
+                        cut = len(data)
+                    pending[fd] = data[cut:]
+                    self._emit(self._routes[fd], data[:cut])
+        finally:
+            for fd in self._routes:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            self.finished.set()
+
+
+def log_matcher(pattern: str, on_match: Callable[[], None]) -> Callable[[bytes], None]:
+    """A line callback that calls `on_match` once, on the first line matching `pattern`."""
+    regex = re.compile(pattern.encode())
+    fired = threading.Event()
+
+    def check(line: bytes) -> None:
+        if not fired.is_set() and regex.search(line):
+            fired.set()
+            on_match()
+
+    return check

@@ -1,0 +1,256 @@
+"""One worker process: spawn, stop timeline, exit status.
+
+- Each worker gets its own process group, so its own sub-processes can be stopped with it.
+- It dies with the launcher: PR_SET_PDEATHSIG in the child. The signal is tied to the
+  *thread* that forked the child, so every spawn happens on the main thread.
+- Stopping: the stop signal goes once, to the main process only; the process group is
+  SIGKILLed when the drain deadline passes or once the main process has exited. Never a
+  second TERM, never the whole group first: a LiveKit worker takes a second SIGTERM as "exit
+  now", and its job processes do not ignore a group-wide one.
+- Exit statuses are collected by the supervisor's reaper (one `waitpid(-1)` loop for workers
+  and orphans alike), never by `Popen.wait`, so no status is ever stolen or lost.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from launcher.output import Masker, Relay
+from launcher.status import WorkerState
+
+if TYPE_CHECKING:
+    from launcher.environment import EnvironmentLayers
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+
+_libc: object | None = None
+
+
+def _prctl() -> Callable[..., int]:
+    global _libc
+    if _libc is None:
+        import ctypes
+
+        _libc = ctypes.CDLL(None, use_errno=True)
+    return _libc.prctl  # type: ignore[attr-defined, no-any-return]
+
+
+def become_subreaper() -> bool:
+    """Orphaned descendants are re-parented to us (as they are to PID 1), so we can reap them."""
+    try:
+        return _prctl()(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def exit_code(status: int) -> int:
+    """A waitpid status as a shell would report it: the code, or 128+N for signal N."""
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    if os.WIFEXITED(status):
+        return os.WEXITSTATUS(status)
+    return 1
+
+
+class Worker:
+    """A spawned worker and what the supervisor knows about it."""
+
+    def __init__(
+        self,
+        slot: int,
+        popen: subprocess.Popen[bytes],
+        version: int | None,
+        relay: Relay | None,
+    ) -> None:
+        self.slot = slot
+        self.popen = popen
+        self.pid = popen.pid
+        self.version = version
+        self.relay = relay
+        self.started_at = time.time()
+        self.started_monotonic = time.monotonic()
+        self.state = WorkerState.STARTING
+        self.exit_code: int | None = None
+        self.stop_sent = False
+        self.status_text: str | None = None
+        self.last_watchdog = time.monotonic()
+        self.log_ready = False  # set by the relay thread when log:REGEX matched
+        # Set by the supervisor once its event loop runs (anyio events are loop-bound).
+        self.exited: object | None = None
+        self.ready_event: object | None = None
+
+    def __repr__(self) -> str:
+        return f"Worker(slot={self.slot}, pid={self.pid}, state={self.state.value})"
+
+    @property
+    def alive(self) -> bool:
+        return self.exit_code is None
+
+    def uptime(self) -> float:
+        return time.monotonic() - self.started_monotonic
+
+    def send(self, sig: int) -> None:
+        """Send a signal to the main process (not the group)."""
+        if self.alive:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def stop(self, sig: int) -> None:
+        """The stop signal, once: a second one would make a LiveKit worker drop its calls."""
+        if not self.stop_sent and self.alive:
+            self.stop_sent = True
+            self.state = WorkerState.DRAINING
+            self.send(sig)
+
+    def kill_group(self) -> None:
+        """SIGKILL everything left in the worker's process group."""
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def reaped(self, status: int) -> None:
+        self.exit_code = exit_code(status)
+        self.popen.returncode = self.exit_code  # we reaped it; Popen must not try again
+        if self.state is not WorkerState.DRAINING:
+            self.state = WorkerState.EXITED
+
+
+def _child_setup() -> None:
+    # Runs in the child between fork and exec: die with the launcher.
+    _prctl()(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() == 1:  # the launcher died before prctl took effect
+        os._exit(1)
+
+
+def _copy_window_size(source_fd: int, target_fd: int) -> None:
+    try:
+        import fcntl
+        import termios
+
+        size = fcntl.ioctl(source_fd, termios.TIOCGWINSZ, b"\0" * 8)
+        fcntl.ioctl(target_fd, termios.TIOCSWINSZ, size)
+    except OSError:
+        pass
+
+
+def spawn(
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    *,
+    slot: int,
+    version: int | None,
+    masker: Masker | None,
+    use_pty: bool = False,
+    inherit_stdin: bool = False,
+    on_line: Callable[[bytes], None] | None = None,
+) -> Worker:
+    """Start one worker. With a masker, its output is relayed masked; without, it is inherited."""
+    _prctl()  # load libc in the parent: the child must not import anything between fork/exec
+    stdin = None if inherit_stdin else subprocess.DEVNULL
+    routes: dict[int, int] = {}
+    if masker is None and on_line is None:
+        stdout = stderr = None  # --no-mask: the worker writes to our fds directly
+        child_fds: list[int] = []
+    elif use_pty:
+        master, replica = os.openpty()
+        _copy_window_size(sys.stdout.fileno(), replica)
+        stdout = stderr = replica
+        child_fds = [replica]
+        routes = {master: 1}
+    else:
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        stdout, stderr = out_w, err_w
+        child_fds = [out_w, err_w]
+        routes = {out_r: 1, err_r: 2}
+    try:
+        popen = subprocess.Popen(
+            list(argv),
+            env=dict(env),
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            process_group=0,
+            preexec_fn=_child_setup,
+            close_fds=True,
+        )
+    except OSError:
+        for fd in [*child_fds, *routes]:
+            os.close(fd)
+        raise
+    for fd in child_fds:
+        os.close(fd)
+    relay = None
+    if routes:
+        relay = Relay(routes, masker or Masker(()), on_line=on_line, name=f"relay-{slot}").start()
+    return Worker(slot, popen, version, relay)
+
+
+class WorkerFactory:
+    """Spawns the workers of one pool: command, environment layer, output and readiness hooks.
+
+    Kept free of anyio so the launcher can spawn its first workers before the event loop's
+    imports (the launch critical path); the pool adopts them afterwards.
+    """
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        notify_path: str,
+        masker: Masker | None,
+        *,
+        port_base: int | None,
+        use_pty: bool,
+        inherit_stdin: bool,
+        log_pattern: str | None,
+    ) -> None:
+        self.argv = list(argv)
+        self.notify_path = notify_path
+        self.masker = masker
+        self.port_base = port_base
+        self.use_pty = use_pty
+        self.inherit_stdin = inherit_stdin
+        self.log_pattern = log_pattern
+        # Called from a relay thread when a worker's output matched --ready log:REGEX.
+        self.on_log_ready: Callable[[Worker], None] = lambda worker: None
+
+    def port(self, index: int) -> int | None:
+        return self.port_base + index if self.port_base is not None else None
+
+    def spawn(self, index: int, layers: EnvironmentLayers) -> Worker:
+        from launcher.environment import compose
+        from launcher.output import log_matcher
+
+        env = compose(layers, worker=index, port=self.port(index), notify_socket=self.notify_path)
+        holder: list[Worker] = []
+        on_line = None
+        if self.log_pattern is not None:
+
+            def matched() -> None:
+                if holder:
+                    holder[0].log_ready = True
+                    self.on_log_ready(holder[0])
+
+            on_line = log_matcher(self.log_pattern, matched)
+        worker = spawn(
+            self.argv,
+            env,
+            slot=index,
+            version=layers.secrets_version,
+            masker=self.masker,
+            use_pty=self.use_pty,
+            inherit_stdin=self.inherit_stdin,
+            on_line=on_line,
+        )
+        holder.append(worker)
+        return worker

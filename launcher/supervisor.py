@@ -1,0 +1,229 @@
+"""The run loop of `agent-run TARGET`: spawn first, then supervise.
+
+Order matters for start-up time (the launch target is an agent's first output line within
+40 ms): the workers are spawned, and their output relayed by threads, *before* anyio,
+structlog and the rest are imported. Then the event loop runs the pool, the rollout, the
+watchers, the control socket, the health endpoints, systemd notifications and signal
+dispatch, all in one task group.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from launcher import process, signals
+from launcher.config import RestartPolicy, RunConfig
+from launcher.environment import EnvironmentLayers
+from launcher.notify_socket import NotifySocket
+from launcher.output import Masker
+from launcher.readiness import parse_ready
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the run command hands the supervisor, resolved and validated."""
+
+    config: RunConfig
+    layers: EnvironmentLayers
+    masked_values: list[str]
+    # Re-reads the store (and env files) for a rollout: returns the new layers and the
+    # values to mask; raises LauncherError when the new version is not usable.
+    reload: Callable[[], tuple[EnvironmentLayers, list[str]]]
+    name: str
+    secret_set: str | None
+    watch_dir: Path | None = None  # the store directory, watched for new versions
+    fingerprint: Callable[[], Hashable] | None = None
+    initial_fingerprint: Hashable = None
+    run_dir: Path | None = None  # control socket directory
+    code_dir: Path | None = None  # `agent-run dev`: restart when a .py file here changes
+
+
+def run(plan: Plan) -> int:
+    config = plan.config
+    spec = parse_ready(config.ready)
+    signals.install_early()
+    process.become_subreaper()
+    health_socket = None
+    if config.health:
+        from launcher.http_server import bind, parse_host_port
+
+        host, port = parse_host_port(config.health, "--health")
+        health_socket = bind(host, port, "--health")
+    notify = NotifySocket()
+    masker = Masker(plan.masked_values) if config.mask else None
+    factory = process.WorkerFactory(
+        config.target.argv(),
+        notify.path,
+        masker,
+        port_base=config.port_base,
+        use_pty=masker is not None and sys.stdout.isatty(),
+        inherit_stdin=config.workers == 1,
+        log_pattern=spec.target if spec.kind == "log" else None,
+    )
+    try:
+        early = [factory.spawn(index, plan.layers) for index in range(config.workers)]
+    except OSError as error:
+        notify.close()
+        from launcher.errors import OperationFailed
+
+        raise OperationFailed(f"cannot start {config.target.argv()[0]}: {error.strerror}") from None
+    # --- the critical path ends here: everything below may import what it needs ---------
+    import anyio
+
+    try:
+        return anyio.run(_main, plan, spec, factory, early, notify, masker, health_socket)
+    finally:
+        notify.close()
+
+
+async def _main(
+    plan: Plan,
+    spec: Any,
+    factory: process.WorkerFactory,
+    early: list[process.Worker],
+    notify: NotifySocket,
+    masker: Masker | None,
+    health_socket: Any,
+) -> int:
+    import anyio
+
+    from launcher import logs
+    from launcher.pool import Pool
+    from launcher.rollout import Rollout
+    from launcher.status import StatusBoard, as_dict
+
+    config = plan.config
+    log = logs.configure(config.log_format, masker or Masker(()))
+    pool = Pool(config, plan.layers, spec, factory, log)
+    for slot, worker in zip(pool.slots, early, strict=True):
+        slot.worker = pool.adopt(worker)
+    board = StatusBoard()
+    pool.on_change = lambda: board.publish(pool.status(plan.name, plan.secret_set))
+
+    def reload_layers() -> EnvironmentLayers:
+        layers, values = plan.reload()
+        if masker is not None:
+            masker.add(values)
+        return layers
+
+    rollout = Rollout(pool, reload_layers, log)
+    force = anyio.Event()
+    stopping = False
+    systemd = None
+    if os.environ.get("NOTIFY_SOCKET"):
+        from launcher.systemd import SystemdNotifier
+
+        systemd = SystemdNotifier()
+        board.subscribe(systemd.observe)
+
+    async with anyio.create_task_group() as tg:
+        await pool.run(tg)
+        pool.on_change()
+        tg.start_soon(notify.serve, pool.notified)
+        tg.start_soon(rollout.run)
+        if config.watch and plan.watch_dir is not None and plan.fingerprint is not None:
+            tg.start_soon(_watch_store, plan, rollout, log)
+        if plan.code_dir is not None:
+            tg.start_soon(_watch_code, plan.code_dir, rollout, log)
+        if plan.run_dir is not None:
+            tg.start_soon(_serve_control, plan, board, rollout, log, as_dict)
+        if health_socket is not None:
+            from launcher.health import create_app
+            from launcher.http_server import serve_asgi
+            from launcher.metrics import Metrics
+
+            metrics = Metrics(lambda: board.current)
+            board.subscribe(metrics.observe)
+            app = create_app(lambda: board.current, metrics, lambda: stopping)
+            address = await tg.start(serve_asgi, app, health_socket)
+            log("health_listening", address=f"{address[0]}:{address[1]}")
+        if systemd is not None:
+            from launcher.systemd import ping_watchdog, watchdog_interval
+
+            interval = watchdog_interval()
+            if interval:
+                tg.start_soon(ping_watchdog, interval)
+
+        async def finish_when_done() -> None:
+            assert pool.all_done is not None
+            await pool.all_done.wait()
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(finish_when_done)
+
+        async def shut_down() -> None:
+            if systemd is not None:
+                systemd.stopping()
+            await pool.shutdown(force)
+            tg.cancel_scope.cancel()
+
+        async for signum in signals.receive():
+            if signum == signal.SIGCHLD:
+                pool.reap()
+            elif signum in (signal.SIGTERM, signal.SIGINT):
+                if stopping:
+                    force.set()  # a second TERM/INT: no more waiting
+                else:
+                    stopping = True
+                    log("signal_received", signal=signal.Signals(signum).name, action="drain")
+                    tg.start_soon(shut_down)
+            elif signum == signal.SIGHUP:
+                rollout.request("SIGHUP")
+            elif signum in (signal.SIGUSR1, signal.SIGUSR2):
+                for worker in pool.live_workers():
+                    worker.send(signum)
+    if stopping:
+        if config.workers == 1 and config.restart is RestartPolicy.NEVER:
+            code = pool.slots[0].last_exit
+            exited = early[0].exit_code if pool.slots[0].worker is None else None
+            return code if code is not None else (exited or 0)
+        return 0
+    return pool.exit_code if pool.exit_code is not None else 0
+
+
+async def _watch_store(plan: Plan, rollout: Any, log: Any) -> None:
+    from launcher.watch import fingerprints
+
+    assert plan.watch_dir is not None and plan.fingerprint is not None
+    if not plan.watch_dir.is_dir():
+        log("watch_skipped", reason=f"{plan.watch_dir} does not exist", level="warning")
+        return
+    async for value in fingerprints(plan.watch_dir, plan.fingerprint, plan.initial_fingerprint):
+        log("store_changed", fingerprint=str(value))
+        rollout.request("store changed")
+
+
+async def _watch_code(directory: Path, rollout: Any, log: Any) -> None:
+    import watchfiles
+
+    async for changes in watchfiles.awatch(
+        directory, watch_filter=watchfiles.PythonFilter(), debounce=200, step=50
+    ):
+        files = sorted({Path(path).name for _change, path in changes})
+        log("code_changed", files=",".join(files[:5]))
+        rollout.request("code changed")
+
+
+async def _serve_control(plan: Plan, board: Any, rollout: Any, log: Any, as_dict: Any) -> None:
+    import anyio
+
+    from launcher import control
+    from launcher.errors import LauncherError
+
+    async def reload() -> dict[str, object]:
+        return await rollout.request_and_wait("agent-run reload")
+
+    handlers = control.Handlers(status=lambda: as_dict(board.current), reload=reload)
+    assert plan.run_dir is not None
+    try:
+        async with control.serving(plan.run_dir, plan.name, handlers) as path:
+            log("control_listening", path=str(path))
+            await anyio.sleep_forever()
+    except (LauncherError, OSError) as error:
+        log("control_unavailable", reason=str(error), level="warning")
