@@ -6,7 +6,7 @@ import base64
 import os
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -86,3 +86,143 @@ def cli(cli_env: dict[str, str], tmp_path: Path) -> Iterator[CLI]:
 def anyio_backend() -> str:
     """The supervisor runs on asyncio; so do the async tests."""
     return "asyncio"
+
+
+PROBE = AGENTS / "probe.py"
+
+
+class Launcher:
+    """A running `agent-run` whose JSON log events the test can wait for."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], cwd: Path) -> None:
+        import queue
+        import threading
+
+        self.events: list[dict[str, object]] = []
+        self.stdout_lines: list[str] = []
+        self.stderr_lines: list[str] = []
+        self._queue: queue.Queue[dict[str, object] | None] = queue.Queue()
+        self.proc = subprocess.Popen(
+            argv,
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self._readers = [
+            threading.Thread(target=self._read_stderr, daemon=True),
+            threading.Thread(target=self._read_stdout, daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def _read_stderr(self) -> None:
+        import json as _json
+
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr_lines.append(line)
+            try:
+                event = _json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                self.events.append(event)
+                self._queue.put(event)
+        self._queue.put(None)
+
+    def _read_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.stdout_lines.append(line)
+
+    def wait_event(self, name: str, timeout: float = 30, **match: object) -> dict[str, object]:
+        """The next event called `name` (with these fields), waiting up to `timeout` seconds."""
+        import queue
+        import time as _time
+
+        for event in self.events:
+            if event.get("event") == name and all(event.get(k) == v for k, v in match.items()):
+                if not event.get("_seen"):
+                    event["_seen"] = True
+                    return event
+        deadline = _time.monotonic() + timeout
+        while True:
+            remaining = deadline - _time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no {name} {match} within {timeout}s; got {[e.get('event') for e in self.events]}\n{''.join(self.stderr_lines[-20:])}")
+            try:
+                event = self._queue.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if event is None:
+                raise AssertionError(f"launcher exited before {name} {match}:\n{''.join(self.stderr_lines[-30:])}")
+            if event.get("event") == name and all(event.get(k) == v for k, v in match.items()) and not event.get("_seen"):
+                event["_seen"] = True
+                return event
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 60) -> int:
+        code = self.proc.wait(timeout=timeout)
+        self._close()
+        return code
+
+    def _close(self) -> None:
+        for reader in self._readers:
+            reader.join(timeout=10)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None and not any(r.is_alive() for r in self._readers):
+                stream.close()
+
+    def output(self) -> str:
+        return "".join(self.stdout_lines) + "".join(self.stderr_lines)
+
+    def stop(self) -> None:
+        import signal as _signal
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(_signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._close()
+
+
+def read_reports(directory: Path) -> dict[int, dict[str, object]]:
+    """Every probe report in `directory`, by pid."""
+    import json as _json
+
+    reports = {}
+    for path in directory.glob("*.json"):
+        data = _json.loads(path.read_text())
+        reports[int(data["pid"])] = data
+    return reports
+
+
+@pytest.fixture
+def probe_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "reports"
+    directory.mkdir()
+    return directory
+
+
+@pytest.fixture
+def launch(cli: CLI, probe_dir: Path) -> Iterator[Callable[..., Launcher]]:
+    """Start `agent-run ARGS` (JSON logs, probe reports in probe_dir); stopped after the test."""
+    started: list[Launcher] = []
+
+    def start(*args: str, env: Mapping[str, str] | None = None) -> Launcher:
+        full_env = {**cli.env, "PROBE_DIR": str(probe_dir), "AGENT_RUN_LOG_FORMAT": "json", **(env or {})}
+        launcher = Launcher(list(cli.argv(*args)), full_env, cli.cwd)
+        started.append(launcher)
+        return launcher
+
+    yield start
+    for launcher in started:
+        launcher.stop()

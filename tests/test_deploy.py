@@ -26,7 +26,9 @@ def _tool(name: str) -> str:
 
 def _instructions() -> dict[str, list[str]]:
     """Dockerfile instructions by keyword, continuation lines joined."""
-    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    # Comment lines may sit inside a continued instruction; Docker drops them first.
+    lines = [ln for ln in DOCKERFILE.read_text().splitlines() if not ln.lstrip().startswith("#")]
+    text = re.sub(r"\\\n", " ", "\n".join(lines))
     found: dict[str, list[str]] = {}
     for line in text.splitlines():
         if line.strip() and not line.lstrip().startswith("#"):

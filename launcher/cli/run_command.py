@@ -405,6 +405,11 @@ def build_config(argv: Sequence[str], dev: bool) -> RunConfig:
     path = Path(config_path) if config_path else Path.cwd() / CONFIG_FILE
     toml = _load_toml(path, explicit=config_path is not None)
     values = resolve(given, os.environ, toml, path)
+    from launcher.readiness import parse_ready
+
+    ready = parse_ready(values["ready"])
+    if "{port}" in ready.target and values["port_base"] is None:
+        raise UsageError("--ready uses {port}, which needs --port-base")
     if target.kind is TargetKind.SCRIPT and not Path(target.value).is_file():
         raise InvalidInput(f"agent script {target.value} does not exist")
     if dev:
