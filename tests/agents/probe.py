@@ -63,7 +63,7 @@ if os.environ.get("PROBE_PRINT"):
 write({"started": time.time()})
 if mode.startswith("exit:"):
     sys.exit(int(mode.split(":")[1]))
-if os.environ.get("PROBE_NOTIFY"):
+if os.environ.get("PROBE_NOTIFY") == "1":
     from launcher import notify_ready
 
     notify_ready("probe up")
