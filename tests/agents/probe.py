@@ -66,8 +66,8 @@ if mode.startswith("exit:"):
 if os.environ.get("PROBE_NOTIFY") == "1":
     from launcher import notify_ready
 
+    write({"ready_sent": time.time()})  # before sending: the launcher may act at once
     notify_ready("probe up")
-    write({"ready_sent": time.time()})
 print(f"probe {pid} up", flush=True)
 if mode == "hang":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
