@@ -125,11 +125,14 @@ class Worker:
             self.state = WorkerState.EXITED
 
 
-def _child_setup() -> None:
-    # Runs in the child between fork and exec: die with the launcher.
-    _prctl()(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() == 1:  # the launcher died before prctl took effect
-        os._exit(1)
+def _die_with(parent: int) -> Callable[[], None]:
+    def child_setup() -> None:
+        # Runs in the child between fork and exec: die with the launcher.
+        _prctl()(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the launcher died before prctl took effect
+            os._exit(1)
+
+    return child_setup
 
 
 def _copy_window_size(source_fd: int, target_fd: int) -> None:
@@ -181,7 +184,7 @@ def spawn(
             stdout=stdout,
             stderr=stderr,
             process_group=0,
-            preexec_fn=_child_setup,
+            preexec_fn=_die_with(os.getpid()),
             close_fds=True,
         )
     except OSError:
