@@ -10,8 +10,8 @@ from __future__ import annotations
 import enum
 import signal
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 
 class TargetKind(enum.Enum):
@@ -32,8 +32,9 @@ class LogFormat(enum.Enum):
     CONSOLE = "console"
 
 
-@dataclass(frozen=True)
-class Target:
+# NamedTuples, not dataclasses: this module is on the launch critical path, and
+# `dataclasses` imports `inspect` (~7 ms here).
+class Target(NamedTuple):
     kind: TargetKind
     value: str  # script path, module name, or the command's executable
     args: tuple[str, ...] = ()
@@ -51,8 +52,7 @@ class Target:
         return [self.value, *self.args]
 
 
-@dataclass(frozen=True)
-class RunConfig:
+class RunConfig(NamedTuple):
     target: Target
     # Where the secrets come from.
     store: Path | None = None  # --store; None = AGENT_RUN_HOME / XDG default
@@ -84,4 +84,3 @@ class RunConfig:
     idle: int = 1
     max_sessions: int | None = None
     entrypoint: str | None = None  # module:function
-    extra: dict[str, str] = field(default_factory=dict)  # unknown toml keys, for warnings

@@ -32,9 +32,16 @@ def new_key(random_bytes: RandomBytes = os.urandom) -> bytes:
 
 def key_id(key: bytes) -> str:
     """A short public fingerprint of a key, to tell keys apart in files and errors."""
-    import hashlib  # lazy: OpenSSL's hashlib costs ~3 ms, and listing never needs it
-
-    return hashlib.sha256(b"agent-run key id\x00" + key).hexdigest()[:16]
+    # The builtin SHA-256 module, not hashlib: hashlib loads OpenSSL (~3 ms) and this runs
+    # on the launch critical path. (`_sha256` until Python 3.11, `_sha2` from 3.12.)
+    try:
+        from _sha256 import sha256  # type: ignore[import-not-found]
+    except ImportError:
+        try:
+            from _sha2 import sha256  # type: ignore[import-not-found, no-redef]
+        except ImportError:
+            from hashlib import sha256  # type: ignore[assignment]
+    return str(sha256(b"agent-run key id\x00" + key).hexdigest()[:16])
 
 
 def seal(

@@ -14,7 +14,7 @@ secrets version without touching the others.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from launcher.names import PLATFORM_CREDENTIALS
 
@@ -36,14 +36,17 @@ PRIVATE_VARIABLES: frozenset[str] = frozenset(
 )
 
 
-@dataclass(frozen=True)
-class EnvironmentLayers:
-    """Everything a worker's environment is made of, except the per-worker runtime layer."""
+class EnvironmentLayers(NamedTuple):
+    """Everything a worker's environment is made of, except the per-worker runtime layer.
+
+    Never log or print one: it holds secret values (a NamedTuple keeps the launch path free
+    of `dataclasses`; the values are only ever read by `compose`).
+    """
 
     inherited: Mapping[str, str]
-    env_files: Mapping[str, str] = field(default_factory=dict)
-    secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
-    platform: Mapping[str, str] = field(default_factory=dict, repr=False)
+    env_files: Mapping[str, str] = {}
+    secrets: Mapping[str, str] = {}
+    platform: Mapping[str, str] = {}
     secrets_version: int | None = None
     python_target: bool = False
 

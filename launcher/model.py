@@ -1,6 +1,6 @@
 """Plain data passed between the layers: secret values, secret sets, set summaries.
 
-These are frozen dataclasses with no behaviour beyond what keeps a value from leaking:
+They have no behaviour beyond what keeps a value from leaking:
 `Secret` never shows its value in a repr or str, so an accidental log or f-string prints
 `***` instead.
 """
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 
 class Secret:
@@ -46,14 +45,25 @@ class SetStatus(enum.Enum):
     FAILED = "failed"
 
 
-@dataclass(frozen=True)
 class SecretSet:
-    """One decrypted version of a named secret set."""
+    """One decrypted version of a named secret set (its repr shows names, never values)."""
 
-    name: str
-    version: int
-    values: Mapping[str, Secret] = field(repr=False)
-    status: SetStatus = SetStatus.READY
+    __slots__ = ("name", "status", "values", "version")
+
+    def __init__(
+        self,
+        name: str,
+        version: int,
+        values: Mapping[str, Secret],
+        status: SetStatus = SetStatus.READY,
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.values = values
+        self.status = status
+
+    def __repr__(self) -> str:
+        return f"SecretSet(name={self.name!r}, version={self.version}, keys={sorted(self.values)})"
 
     def plain(self) -> dict[str, str]:
         """The values as plain strings, for building a child environment."""

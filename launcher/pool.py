@@ -13,7 +13,6 @@ import random
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -431,5 +430,5 @@ class Pool:
         )
 
     def set_rollout(self, **changes: Any) -> None:
-        self.rollout = replace(self.rollout, **changes)
+        self.rollout = self.rollout._replace(**changes)
         self.on_change()

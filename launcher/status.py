@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 
 class WorkerState(enum.Enum):
@@ -28,8 +28,8 @@ class RolloutState(enum.Enum):
     ABORTED = "aborted"
 
 
-@dataclass(frozen=True)
-class WorkerStatus:
+# NamedTuples, not dataclasses: process.py imports this module on the launch critical path.
+class WorkerStatus(NamedTuple):
     slot: int
     pid: int | None
     state: WorkerState
@@ -39,8 +39,7 @@ class WorkerStatus:
     last_exit: int | None = None  # exit code, or 128+N for a signal
 
 
-@dataclass(frozen=True)
-class RolloutStatus:
+class RolloutStatus(NamedTuple):
     state: RolloutState = RolloutState.IDLE
     from_version: int | None = None
     to_version: int | None = None
@@ -51,14 +50,13 @@ class RolloutStatus:
     reason: str | None = None  # why it aborted; never a value
 
 
-@dataclass(frozen=True)
-class PoolStatus:
+class PoolStatus(NamedTuple):
     name: str  # --name, default the bound set
     pid: int  # the launcher's pid
     secret_set: str | None
     version: int | None  # the version new workers get
     workers: tuple[WorkerStatus, ...] = ()
-    rollout: RolloutStatus = field(default_factory=RolloutStatus)
+    rollout: RolloutStatus = RolloutStatus()
     draining: tuple[WorkerStatus, ...] = ()  # retired workers still finishing their work
 
     @property
@@ -71,10 +69,10 @@ class PoolStatus:
 def _plain(value: object) -> object:
     if isinstance(value, enum.Enum):
         return value.value
+    if hasattr(value, "_fields"):
+        return {name: _plain(getattr(value, name)) for name in value._fields}
     if isinstance(value, tuple):
         return [_plain(item) for item in value]
-    if hasattr(value, "__dataclass_fields__"):
-        return {name: _plain(getattr(value, name)) for name in value.__dataclass_fields__}
     return value
 
 

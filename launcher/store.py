@@ -22,7 +22,6 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -99,6 +98,8 @@ def _canonical(data: Mapping[str, Any]) -> bytes:
 
 
 def _iso(timestamp: float) -> str:
+    from datetime import UTC, datetime  # only writes need it: keep it off the launch path
+
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

@@ -13,9 +13,8 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from launcher import process, signals
 from launcher.config import RestartPolicy, RunConfig
@@ -25,8 +24,7 @@ from launcher.output import Masker
 from launcher.readiness import parse_ready
 
 
-@dataclass(frozen=True)
-class Plan:
+class Plan(NamedTuple):
     """What the run command hands the supervisor, resolved and validated."""
 
     config: RunConfig

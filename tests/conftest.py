@@ -152,14 +152,22 @@ class Launcher:
         while True:
             remaining = deadline - _time.monotonic()
             if remaining <= 0:
-                raise AssertionError(f"no {name} {match} within {timeout}s; got {[e.get('event') for e in self.events]}\n{''.join(self.stderr_lines[-20:])}")
+                raise AssertionError(
+                    f"no {name} {match} within {timeout}s; got {[e.get('event') for e in self.events]}\n{''.join(self.stderr_lines[-20:])}"
+                )
             try:
                 event = self._queue.get(timeout=remaining)
             except queue.Empty:
                 continue
             if event is None:
-                raise AssertionError(f"launcher exited before {name} {match}:\n{''.join(self.stderr_lines[-30:])}")
-            if event.get("event") == name and all(event.get(k) == v for k, v in match.items()) and not event.get("_seen"):
+                raise AssertionError(
+                    f"launcher exited before {name} {match}:\n{''.join(self.stderr_lines[-30:])}"
+                )
+            if (
+                event.get("event") == name
+                and all(event.get(k) == v for k, v in match.items())
+                and not event.get("_seen")
+            ):
                 event["_seen"] = True
                 return event
 
@@ -218,7 +226,12 @@ def launch(cli: CLI, probe_dir: Path) -> Iterator[Callable[..., Launcher]]:
     started: list[Launcher] = []
 
     def start(*args: str, env: Mapping[str, str] | None = None) -> Launcher:
-        full_env = {**cli.env, "PROBE_DIR": str(probe_dir), "AGENT_RUN_LOG_FORMAT": "json", **(env or {})}
+        full_env = {
+            **cli.env,
+            "PROBE_DIR": str(probe_dir),
+            "AGENT_RUN_LOG_FORMAT": "json",
+            **(env or {}),
+        }
         launcher = Launcher(list(cli.argv(*args)), full_env, cli.cwd)
         started.append(launcher)
         return launcher

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from dataclasses import replace
 
 import anyio
 import pytest
@@ -88,17 +87,15 @@ async def test_metrics_expose_workers_restarts_rollouts_and_version() -> None:
     app, _ = await _serving(board, [False])
     first = _pool(WorkerState.READY, WorkerState.READY, version=4, worker_version=4)
     board.publish(first)
-    crashed = replace(
-        first,
+    crashed = first._replace(
         workers=(
             first.workers[0],
-            replace(first.workers[1], state=WorkerState.BACKOFF, restarts=2),
+            first.workers[1]._replace(state=WorkerState.BACKOFF, restarts=2),
         ),
     )
     board.publish(crashed)
     board.publish(
-        replace(
-            crashed,
+        crashed._replace(
             rollout=RolloutStatus(
                 state=RolloutState.ABORTED, to_version=5, started_at=10.0, finished_at=12.5
             ),

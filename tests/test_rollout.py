@@ -9,8 +9,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 from .conftest import CLI, PROBE, Launcher, read_reports
 
 NOTIFY = {"PROBE_NOTIFY": "1"}
@@ -33,7 +31,9 @@ def test_update_rolls_every_worker_and_stops_old_only_after_new_is_ready(
 ) -> None:
     """3 notify workers move to the new version; each old one gets TERM after its replacement is ready."""
     cli("secrets", "set", "prod", "VALUE=one")
-    launcher = launch("--secrets", "prod", "--workers", "3", "--ready", "notify", str(PROBE), env=NOTIFY)
+    launcher = launch(
+        "--secrets", "prod", "--workers", "3", "--ready", "notify", str(PROBE), env=NOTIFY
+    )
     old = _ready_pids(launcher, 3, version=1)
     cli("secrets", "set", "prod", "VALUE=two")
     launcher.wait_event("rollout_succeeded", to_version=2)
@@ -58,7 +58,9 @@ def test_bad_update_aborts_and_old_workers_keep_serving(
 ) -> None:
     """New workers that exit at start abort the rollout; the old pids never get a stop signal."""
     cli("secrets", "set", "prod", "PROBE_MODE=serve")
-    launcher = launch("--secrets", "prod", "--workers", "2", "--ready", "notify", str(PROBE), env=NOTIFY)
+    launcher = launch(
+        "--secrets", "prod", "--workers", "2", "--ready", "notify", str(PROBE), env=NOTIFY
+    )
     old = _ready_pids(launcher, 2, version=1)
     cli("secrets", "set", "prod", "PROBE_MODE=exit:3")
     aborted = launcher.wait_event("rollout_aborted", to_version=2)
@@ -92,10 +94,14 @@ def test_sighup_rolls(cli: CLI, launch: Callable[..., Launcher]) -> None:
     assert len(replaced) == 2 and not replaced & old
 
 
-def test_fast_updates_collapse_to_the_newest(cli: CLI, launch: Callable[..., Launcher], probe_dir: Path) -> None:
+def test_fast_updates_collapse_to_the_newest(
+    cli: CLI, launch: Callable[..., Launcher], probe_dir: Path
+) -> None:
     """Updates arriving during a rollout end with every worker on the newest version."""
     cli("secrets", "set", "prod", "N=0")
-    launcher = launch("--secrets", "prod", "--workers", "2", "--ready", "notify", str(PROBE), env=NOTIFY)
+    launcher = launch(
+        "--secrets", "prod", "--workers", "2", "--ready", "notify", str(PROBE), env=NOTIFY
+    )
     _ready_pids(launcher, 2)
     for n in range(1, 6):
         cli("secrets", "set", "prod", f"N={n}")
@@ -110,10 +116,14 @@ def test_fast_updates_collapse_to_the_newest(cli: CLI, launch: Callable[..., Lau
     assert len(rollouts) < 6  # requests collapsed
 
 
-def test_singleton_handover_never_runs_two(cli: CLI, launch: Callable[..., Launcher], probe_dir: Path) -> None:
+def test_singleton_handover_never_runs_two(
+    cli: CLI, launch: Callable[..., Launcher], probe_dir: Path
+) -> None:
     """--max-surge 0: the old worker has exited before its replacement starts."""
     cli("secrets", "set", "prod", "N=1")
-    launcher = launch("--secrets", "prod", "--max-surge", "0", "--ready", "notify", str(PROBE), env=NOTIFY)
+    launcher = launch(
+        "--secrets", "prod", "--max-surge", "0", "--ready", "notify", str(PROBE), env=NOTIFY
+    )
     (old,) = _ready_pids(launcher, 1)
     cli("secrets", "set", "prod", "N=2")
     launcher.wait_event("rollout_succeeded", to_version=2)
@@ -153,7 +163,9 @@ def test_kubelet_symlink_swap_triggers_a_rollout(
     assert v2  # (the older payload was only kept to show versions are not reused)
 
 
-def test_reload_command_reports_success_and_abort(cli: CLI, launch: Callable[..., Launcher]) -> None:
+def test_reload_command_reports_success_and_abort(
+    cli: CLI, launch: Callable[..., Launcher]
+) -> None:
     """`agent-run reload` waits for the rollout: exit 0 on success, 1 when it aborted."""
     cli("secrets", "set", "prod", "PROBE_NOTIFY=1")
     launcher = launch("--secrets", "prod", "--ready", "notify", "--no-watch", str(PROBE))

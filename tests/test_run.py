@@ -32,7 +32,9 @@ def test_environment_layers_end_to_end(
 ) -> None:
     """A worker sees inherited < env-file < secret set < platform, runtime vars, no private ones."""
     cli("secrets", "set", "prod", "SHARED=from-set", "ONLY_SET=s1")
-    cli("platform", "set", "livekit", "LIVEKIT_URL=wss://platform", "LIVEKIT_API_SECRET=plat-secret")
+    cli(
+        "platform", "set", "livekit", "LIVEKIT_URL=wss://platform", "LIVEKIT_API_SECRET=plat-secret"
+    )
     env_file = tmp_path / "dev.env"
     env_file.write_text("SHARED=from-file\nONLY_FILE=f1\nLIVEKIT_URL=wss://dev-file\n")
     launcher = launch(
@@ -50,7 +52,11 @@ def test_environment_layers_end_to_end(
     assert env["LIVEKIT_URL"] == "wss://platform"  # the env-file could not override it
     assert env["LIVEKIT_API_SECRET"] == "plat-secret"
     assert env["LIVEKIT_API_KEY"] == "inherited-key"  # not stored: the launcher's own
-    assert (env["AGENT_RUN_WORKER"], env["AGENT_RUN_SECRETS_VERSION"], env["AGENT_RUN_PORT"]) == ("0", "1", "9100")
+    assert (env["AGENT_RUN_WORKER"], env["AGENT_RUN_SECRETS_VERSION"], env["AGENT_RUN_PORT"]) == (
+        "0",
+        "1",
+        "9100",
+    )
     assert env["PYTHONUNBUFFERED"] == "1"
     assert env["NOTIFY_SOCKET"] != "/run/systemd/notify-of-launcher"  # ours, not systemd's
     for private in ("AGENT_RUN_MASTER_KEY", "AGENT_RUN_KEY_FILE", "CREDENTIALS_DIRECTORY"):
@@ -60,14 +66,27 @@ def test_environment_layers_end_to_end(
 @pytest.mark.parametrize(("code", "expected"), [(0, 0), (7, 7), (-9, 128 + 9)])
 def test_exec_like_mode_returns_the_child_exit_code(cli: CLI, code: int, expected: int) -> None:
     """--workers 1 --restart never: the launcher exits as its child did (128+N for signal N)."""
-    script = f"import os, signal; os.kill(os.getpid(), {-code})" if code < 0 else f"raise SystemExit({code})"
+    script = (
+        f"import os, signal; os.kill(os.getpid(), {-code})"
+        if code < 0
+        else f"raise SystemExit({code})"
+    )
     result = cli("--workers", "1", "--restart", "never", "--", sys.executable, "-c", script)
     assert result.returncode == expected, result.stderr
 
 
-def test_term_is_forwarded_once_and_the_group_is_gone(launch: Callable[..., Launcher], probe_dir: Path) -> None:
+def test_term_is_forwarded_once_and_the_group_is_gone(
+    launch: Callable[..., Launcher], probe_dir: Path
+) -> None:
     """TERM to the launcher: each worker gets exactly one TERM, drains, and its sub-process dies."""
-    launcher = launch("--workers", "2", "--ready-delay", "0.1", str(PROBE), env={"PROBE_CHILD": "1", "PROBE_DRAIN": "0.3"})
+    launcher = launch(
+        "--workers",
+        "2",
+        "--ready-delay",
+        "0.1",
+        str(PROBE),
+        env={"PROBE_CHILD": "1", "PROBE_DRAIN": "0.3"},
+    )
     launcher.wait_event("worker_ready")
     launcher.wait_event("worker_ready")
     reports = _wait_reports(probe_dir, 2)
@@ -99,7 +118,9 @@ def test_second_term_kills_at_once(launch: Callable[..., Launcher], probe_dir: P
 
 def test_drain_timeout_kills_the_group(launch: Callable[..., Launcher]) -> None:
     """A worker still running when --drain-timeout passes is SIGKILLed with its group."""
-    launcher = launch("--ready-delay", "0.1", "--drain-timeout", "0.5", str(PROBE), env={"PROBE_MODE": "hang"})
+    launcher = launch(
+        "--ready-delay", "0.1", "--drain-timeout", "0.5", str(PROBE), env={"PROBE_MODE": "hang"}
+    )
     launcher.wait_event("worker_ready")
     launcher.signal(signal.SIGTERM)
     launcher.wait_event("worker_drain_timeout")
@@ -108,7 +129,9 @@ def test_drain_timeout_kills_the_group(launch: Callable[..., Launcher]) -> None:
 
 def test_crash_restarts_with_backoff_then_gives_up(launch: Callable[..., Launcher]) -> None:
     """A crashing worker is restarted with growing delays; after --max-restarts the launcher exits 1."""
-    launcher = launch("--max-restarts", "3", "--restart-window", "60", str(PROBE), env={"PROBE_MODE": "exit:3"})
+    launcher = launch(
+        "--max-restarts", "3", "--restart-window", "60", str(PROBE), env={"PROBE_MODE": "exit:3"}
+    )
     exits = [launcher.wait_event("worker_exited", code=3) for _ in range(4)]
     launcher.wait_event("slot_gave_up")
     assert launcher.wait() == 1
@@ -125,7 +148,9 @@ def test_on_failure_policy_ends_after_a_clean_exit(cli: CLI) -> None:
     assert result.stdout.strip() == "done"
 
 
-def test_usr1_is_forwarded(launch: Callable[..., Launcher], probe_dir: Path, tmp_path: Path) -> None:
+def test_usr1_is_forwarded(
+    launch: Callable[..., Launcher], probe_dir: Path, tmp_path: Path
+) -> None:
     """USR1 to the launcher reaches the worker."""
     marker = tmp_path / "usr1"
     script = (
@@ -133,7 +158,9 @@ def test_usr1_is_forwarded(launch: Callable[..., Launcher], probe_dir: Path, tmp
         f"signal.signal(signal.SIGUSR1, lambda *a: pathlib.Path({str(marker)!r}).write_text('x')); "
         "print('up', flush=True); signal.pause(); signal.pause()"
     )
-    launcher = launch("--ready-delay", "0.1", "--drain-timeout", "1", "--", sys.executable, "-c", script)
+    launcher = launch(
+        "--ready-delay", "0.1", "--drain-timeout", "1", "--", sys.executable, "-c", script
+    )
     launcher.wait_event("worker_ready")
     deadline = time.monotonic() + 20
     while not marker.exists() and time.monotonic() < deadline:
@@ -142,19 +169,28 @@ def test_usr1_is_forwarded(launch: Callable[..., Launcher], probe_dir: Path, tmp
     assert marker.exists()
 
 
-def test_output_is_masked_everywhere(cli: CLI, launch: Callable[..., Launcher], probe_dir: Path) -> None:
+def test_output_is_masked_everywhere(
+    cli: CLI, launch: Callable[..., Launcher], probe_dir: Path
+) -> None:
     """Secret values and their base64 / URL-encoded forms never appear in any launcher output."""
     value = "sk-live/very+secret=value-0042"
     cli("secrets", "set", "prod", f"PROBE_SECRET_ONE={value}", "PROBE_PRINT=1")
     launcher = launch("--secrets", "prod", "--ready-delay", "0.1", str(PROBE))
     launcher.wait_event("worker_ready")
     deadline = time.monotonic() + 20
-    while sum("PROBE_SECRET_ONE" in line for line in launcher.stdout_lines + launcher.stderr_lines) < 6:
+    while (
+        sum("PROBE_SECRET_ONE" in line for line in launcher.stdout_lines + launcher.stderr_lines)
+        < 6
+    ):
         assert time.monotonic() < deadline, launcher.output()
         time.sleep(0.05)
     launcher.stop()
     output = launcher.output()
-    for form in (value, base64.b64encode(value.encode()).decode(), urllib.parse.quote(value, safe="")):
+    for form in (
+        value,
+        base64.b64encode(value.encode()).decode(),
+        urllib.parse.quote(value, safe=""),
+    ):
         assert form not in output
     assert "stdout PROBE_SECRET_ONE=***" in "".join(launcher.stdout_lines)
     assert "stderr PROBE_SECRET_ONE=***" in "".join(launcher.stderr_lines)
@@ -196,10 +232,14 @@ def test_bad_options_are_usage_errors(cli: CLI, args: list[str], message: str) -
     assert message in result.stderr
 
 
-def test_options_from_environment_and_toml(cli: CLI, launch: Callable[..., Launcher], probe_dir: Path) -> None:
+def test_options_from_environment_and_toml(
+    cli: CLI, launch: Callable[..., Launcher], probe_dir: Path
+) -> None:
     """agent-run.toml and AGENT_RUN_* set options; a flag beats both."""
     cli("secrets", "set", "tomlset", "FROM_TOML_SET=yes")
-    (cli.cwd / "agent-run.toml").write_text('secret_set = "tomlset"\nworkers = 3\nready_delay = 0.1\n')
+    (cli.cwd / "agent-run.toml").write_text(
+        'secret_set = "tomlset"\nworkers = 3\nready_delay = 0.1\n'
+    )
     launcher = launch(str(PROBE), env={"AGENT_RUN_WORKERS": "2"})
     launcher.wait_event("worker_ready")
     launcher.wait_event("worker_ready")

@@ -57,7 +57,11 @@ if os.environ.get("PROBE_ORPHAN"):
 if os.environ.get("PROBE_PRINT"):
     for key, value in os.environ.items():
         if key.startswith("PROBE_SECRET_"):
-            for form in (value, base64.b64encode(value.encode()).decode(), urllib.parse.quote(value, safe="")):
+            for form in (
+                value,
+                base64.b64encode(value.encode()).decode(),
+                urllib.parse.quote(value, safe=""),
+            ):
                 print(f"stdout {key}={form}", flush=True)
                 print(f"stderr {key}={form}", file=sys.stderr, flush=True)
 write({"started": time.time()})

@@ -1,0 +1,123 @@
+"""Launch benchmark: time to an agent's first output line, and masking throughput.
+
+Run: python bench/launch.py
+- first line: `python bot.py` vs `agent-run --secrets S bot.py` (20 secrets), same run;
+- relay: MB/s of worker output through agent-run with 100 secrets masked, beside --no-mask.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from launcher import crypto  # noqa: E402
+from launcher.keys import MasterKey  # noqa: E402
+from launcher.store import Store  # noqa: E402
+
+RUNS = 30
+BOT = "print('agent up', flush=True)\nimport time\ntime.sleep(30)\n"
+CHATTY = (
+    "import sys\n"
+    "line = b'2026-11-23 INFO agent.worker: processing request id=12345 user=alice latency=12ms status=ok\\n'\n"
+    "block = line * 1000\n"
+    "for _ in range({blocks}):\n"
+    "    sys.stdout.buffer.write(block)\n"
+)
+
+
+def first_line_ms(command: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    elapsed = (time.perf_counter() - start) * 1000
+    assert b"agent up" in line, line
+    proc.terminate()
+    proc.wait()
+    proc.stdout.close()
+    return elapsed
+
+
+def relay_mb_s(command: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    total = 0
+    while chunk := proc.stdout.read(1 << 20):
+        total += len(chunk)
+    proc.wait()
+    elapsed = time.perf_counter() - start
+    return total / elapsed / 1e6
+
+
+def main() -> None:
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "launcher")], check=True)
+    agent_run = str(Path(sys.executable).parent / "agent-run")
+    with tempfile.TemporaryDirectory() as tmp:
+        key = MasterKey(crypto.new_key(), "bench")
+        store = Store(Path(tmp) / "store")
+        store.update(
+            "s20", key, lambda v: {f"SECRET_{i}": f"sk-{i:03d}-" + "x" * 40 for i in range(20)}
+        )
+        store.update(
+            "s100", key, lambda v: {f"SECRET_{i}": f"sk-{i:03d}-" + "y" * 40 for i in range(100)}
+        )
+        env = {
+            **os.environ,
+            "AGENT_RUN_HOME": str(Path(tmp) / "store"),
+            "AGENT_RUN_MASTER_KEY": base64.b64encode(key.key).decode(),
+            "AGENT_RUN_LOG_FORMAT": "json",
+        }
+        bot = Path(tmp) / "bot.py"
+        bot.write_text(BOT)
+        plain = [first_line_ms([sys.executable, str(bot)], env) for _ in range(RUNS)]
+        launched = [
+            first_line_ms([agent_run, "--secrets", "s20", "--no-watch", str(bot)], env)
+            for _ in range(RUNS)
+        ]
+        base = statistics.median(plain)
+        print(f"{'time to first line':<44}{'median ms':>10}{'p90 ms':>9}{'ratio':>8}")
+        for label, times in (
+            ("python bot.py", plain),
+            ("agent-run --secrets S bot.py (20 secrets)", launched),
+        ):
+            median = statistics.median(times)
+            p90 = statistics.quantiles(times, n=10)[-1]
+            print(f"{label:<44}{median:>10.1f}{p90:>9.1f}{median / base:>8.2f}")
+        chatty = Path(tmp) / "chatty.py"
+        chatty.write_text(CHATTY.format(blocks=2000))  # ~190 MB
+        print()
+        print(f"{'relay of ~190 MB of output':<44}{'MB/s':>10}")
+        direct = relay_mb_s([sys.executable, str(chatty)], env)
+        masked = relay_mb_s(
+            [agent_run, "--secrets", "s100", "--restart", "never", "--no-watch", str(chatty)], env
+        )
+        unmasked = relay_mb_s(
+            [
+                agent_run,
+                "--secrets",
+                "s100",
+                "--restart",
+                "never",
+                "--no-watch",
+                "--no-mask",
+                str(chatty),
+            ],
+            env,
+        )
+        print(f"{'python chatty.py (no launcher)':<44}{direct:>10.0f}")
+        print(f"{'agent-run, 100 secrets masked':<44}{masked:>10.0f}")
+        print(f"{'agent-run --no-mask (fds handed over)':<44}{unmasked:>10.0f}")
+
+
+if __name__ == "__main__":
+    main()
