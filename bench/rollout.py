@@ -58,7 +58,12 @@ def main() -> None:
                 "AGENT_RUN_MASTER_KEY": base64.b64encode(os.urandom(32)).decode(),
                 "AGENT_RUN_LOG_FORMAT": "json",
             }
-            subprocess.run([agent_run, "secrets", "set", "demo", "DEMO_API_KEY=v0"], env=env, check=True, capture_output=True)
+            subprocess.run(
+                [agent_run, "secrets", "set", "demo", "DEMO_API_KEY=v0"],
+                env=env,
+                check=True,
+                capture_output=True,
+            )
             base = free_port_base(workers)
             launcher = subprocess.Popen(
                 [agent_run, "--secrets", "demo", "--workers", str(workers), "--ready", "notify",
@@ -74,7 +79,12 @@ def main() -> None:
             for update in range(UPDATES):
                 target = update + 2
                 start = time.perf_counter()
-                subprocess.run([agent_run, "secrets", "set", "demo", f"DEMO_API_KEY=v{target}"], env=env, check=True, capture_output=True)
+                subprocess.run(
+                    [agent_run, "secrets", "set", "demo", f"DEMO_API_KEY=v{target}"],
+                    env=env,
+                    check=True,
+                    capture_output=True,
+                )
                 returned = time.perf_counter()
                 sets.append((returned - start) * 1000)
                 pending = set(ports)

@@ -18,6 +18,7 @@ caught; a partial line (a prompt) is written after PARTIAL_FLUSH_S of silence.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import re
 import select
@@ -180,10 +181,8 @@ class Relay:
                     self._emit(self._routes[fd], data[:cut])
         finally:
             for fd in self._routes:
-                try:
+                with contextlib.suppress(OSError):
                     os.close(fd)
-                except OSError:
-                    pass
             self.finished.set()
 
 

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -99,10 +100,8 @@ class Worker:
     def send(self, sig: int) -> None:
         """Send a signal to the main process (not the group)."""
         if self.alive:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, sig)
-            except ProcessLookupError:
-                pass
 
     def stop(self, sig: int) -> None:
         """The stop signal, once: a second one would make a LiveKit worker drop its calls."""
@@ -113,10 +112,8 @@ class Worker:
 
     def kill_group(self) -> None:
         """SIGKILL everything left in the worker's process group."""
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
 
     def reaped(self, status: int) -> None:
         self.exit_code = exit_code(status)

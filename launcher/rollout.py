@@ -124,7 +124,9 @@ class Rollout:
             self.log("rollout_succeeded", to_version=rollout.to_version, seconds=seconds)
             return {
                 "ok": True,
-                "message": f"rolled {rollout.total} worker(s) to v{rollout.to_version} in {seconds}s",
+                "message": (
+                    f"rolled {rollout.total} worker(s) to v{rollout.to_version} in {seconds}s"
+                ),
                 "version": rollout.to_version,
             }
         self.log(

@@ -144,10 +144,10 @@ class Launcher:
         import time as _time
 
         for event in self.events:
-            if event.get("event") == name and all(event.get(k) == v for k, v in match.items()):
-                if not event.get("_seen"):
-                    event["_seen"] = True
-                    return event
+            matches = all(event.get(k) == v for k, v in match.items())
+            if event.get("event") == name and matches and not event.get("_seen"):
+                event["_seen"] = True
+                return event
         deadline = _time.monotonic() + timeout
         while True:
             remaining = deadline - _time.monotonic()

@@ -316,3 +316,16 @@ def test_unknown_set_lists_known_ones(cli: CLI) -> None:
     result = cli("secrets", "history", "prod")
     assert result.returncode == 78
     assert "known sets: dev" in result.stderr
+
+
+def test_systemd_credential_is_a_key_source(cli: CLI, store_dir: Path, tmp_path: Path) -> None:
+    """With LoadCredential=, the key is read from $CREDENTIALS_DIRECTORY/agent-run.key."""
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    key = base64.b64encode(os.urandom(32)).decode()
+    (credentials / "agent-run.key").write_text(key + "\n")
+    (credentials / "agent-run.key").chmod(0o400)
+    env = {"AGENT_RUN_MASTER_KEY": "", "CREDENTIALS_DIRECTORY": str(credentials)}
+    assert cli("secrets", "set", "s", "A=1", env=env).returncode == 0
+    assert not (store_dir / "master.key").exists()  # the credential was used, none created
+    assert _values(store_dir, key) == {"A": "1"}

@@ -45,7 +45,7 @@ def test_invalid_secret_names_explain_the_rule(name: str, hint: str) -> None:
 )
 def test_reserved_names_are_refused(name: str) -> None:
     """Platform credentials and the AGENT_RUN_ prefix cannot be secrets."""
-    with pytest.raises(InvalidInput, match="platform|reserved"):
+    with pytest.raises(InvalidInput, match=r"platform|reserved"):
         check_secret_name(name)
 
 

@@ -214,7 +214,7 @@ def test_health_endpoints_of_a_running_launcher(cli: CLI, launch: Callable[..., 
     launcher.wait_event("worker_ready")
     launcher.wait_event("worker_ready")
     _wait_for(lambda: _get(f"http://{address}/readyz")[0] == 200)
-    code, body = _get(f"http://{address}/readyz")
+    _, body = _get(f"http://{address}/readyz")
     assert json.loads(body)["ready_on_current"] == 2
     assert _get(f"http://{address}/healthz")[0] == 200
     _, metrics = _get(f"http://{address}/metrics")

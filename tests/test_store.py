@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import random
 import signal
@@ -122,10 +123,8 @@ def test_sigkilled_writer_never_damages_a_set(tmp_path: Path, key: MasterKey) ->
             env=env,
             stdout=subprocess.DEVNULL,
         )
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             writer.wait(timeout=rng.uniform(0.03, 0.12))
-        except subprocess.TimeoutExpired:
-            pass
         writer.send_signal(signal.SIGKILL)
         writer.wait()
         current = store.read("s", key)  # raises if the file was damaged

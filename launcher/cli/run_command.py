@@ -159,7 +159,7 @@ OPTIONS: tuple[Option, ...] = (
         "watchdog",
         _seconds,
         None,
-        "liveness: a notify worker must send WATCHDOG=1 at least every S seconds or it is restarted",
+        "liveness: a notify worker must send WATCHDOG=1 every S seconds or it is restarted",
         "S",
     ),
     Option(
@@ -230,7 +230,7 @@ OPTIONS: tuple[Option, ...] = (
         "no_watch",
         None,
         False,
-        "do not roll out new secret versions automatically (SIGHUP and `agent-run reload` still do)",
+        "no automatic rollout of new secret versions (SIGHUP and `agent-run reload` still roll)",
     ),
 )
 
