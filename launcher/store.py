@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from launcher import crypto
 from launcher.errors import ConfigError, DecryptionFailed, OperationFailed, PermissionProblem
-from launcher.keys import MasterKey, read_key_file
+from launcher.keys import MasterKey, fsync_directory, read_key_file
 
 if TYPE_CHECKING:
     from launcher.model import SecretSet
@@ -576,11 +576,7 @@ class Store:
             raise PermissionProblem(f"cannot create store {self.root}: permission denied") from None
 
     def _fsync_root(self) -> None:
-        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_directory(self.root)
 
 
 def _diff(old: Mapping[str, str], new: Mapping[str, str]) -> Change:

@@ -585,7 +585,7 @@ def cmd_key_init(args: argparse.Namespace) -> int:
 
 def cmd_key_rotate(args: argparse.Namespace) -> int:
     from launcher import crypto
-    from launcher.keys import MasterKey, read_key_file, write_key_file
+    from launcher.keys import MasterKey, fsync_directory, read_key_file, write_key_file
 
     store = _store(args)
     old = _key(args, store)
@@ -606,11 +606,7 @@ def cmd_key_rotate(args: argparse.Namespace) -> int:
     resealed = sum(1 for name in store.all_files() if store.rewrap(name, old, new))
     if final is not None:
         os.replace(pending, final)
-        fd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_directory(final.parent)
         new = MasterKey(new.key, str(final), final)
     where = final or pending
     print(
