@@ -16,6 +16,7 @@ import base64
 import binascii
 import os
 from collections.abc import Callable
+from typing import Any
 
 from launcher.errors import DecryptionFailed
 
@@ -44,26 +45,43 @@ def key_id(key: bytes) -> str:
     return str(sha256(b"agent-run key id\x00" + key).hexdigest()[:16])
 
 
+def _aesgcm() -> Any:
+    """cryptography's AESGCM class, loaded the cheap way.
+
+    The public module (`cryptography.hazmat.primitives.ciphers.aead`) imports the whole
+    ciphers package, ~14 ms on this machine, on the launch critical path; the class itself
+    lives in the Rust bindings (~4 ms). Fall back to the public path if that ever moves.
+    """
+    try:
+        from cryptography.hazmat.bindings._rust import openssl
+
+        return openssl.aead.AESGCM
+    except (ImportError, AttributeError):
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        return AESGCM
+
+
 def seal(
     key: bytes, plaintext: bytes, associated: bytes, random_bytes: RandomBytes = os.urandom
 ) -> bytes:
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
     nonce = random_bytes(NONCE_BYTES)
-    return FORMAT_VERSION + nonce + AESGCM(key).encrypt(nonce, plaintext, associated)
+    return FORMAT_VERSION + nonce + _aesgcm()(key).encrypt(nonce, plaintext, associated)
 
 
 def open_sealed(key: bytes, sealed: bytes, associated: bytes) -> bytes:
-    from cryptography.exceptions import InvalidTag
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
     if len(sealed) < 1 + NONCE_BYTES + 16 or sealed[:1] != FORMAT_VERSION:
         raise DecryptionFailed("sealed data is malformed")
     nonce, body = sealed[1 : 1 + NONCE_BYTES], sealed[1 + NONCE_BYTES :]
     try:
-        return AESGCM(key).decrypt(nonce, body, associated)
-    except InvalidTag:
-        raise DecryptionFailed("sealed data did not open") from None
+        return bytes(_aesgcm()(key).decrypt(nonce, body, associated))
+    except Exception as error:
+        # cryptography.exceptions is imported only on failure: success stays on the fast path.
+        from cryptography.exceptions import InvalidTag
+
+        if isinstance(error, InvalidTag):
+            raise DecryptionFailed("sealed data did not open") from None
+        raise
 
 
 def b64encode(data: bytes) -> str:
