@@ -50,6 +50,13 @@ class EnvironmentLayers(NamedTuple):
     secrets_version: int | None = None
     python_target: bool = False
 
+    def __repr__(self) -> str:
+        # A NamedTuple's default repr would print every secret value.
+        return (
+            f"EnvironmentLayers(secrets_version={self.secrets_version}, "
+            f"secrets={sorted(self.secrets)}, platform={sorted(self.platform)})"
+        )
+
 
 def platform_layer(stored: Mapping[str, str], inherited: Mapping[str, str]) -> dict[str, str]:
     """Platform credentials, each from `agent-run platform set`, else the launcher's own."""

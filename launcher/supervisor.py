@@ -41,6 +41,9 @@ class Plan(NamedTuple):
     run_dir: Path | None = None  # control socket directory
     code_dir: Path | None = None  # `agent-run dev`: restart when a .py file here changes
 
+    def __repr__(self) -> str:
+        return f"Plan(name={self.name!r}, secret_set={self.secret_set!r}, layers={self.layers!r})"
+
 
 def run(plan: Plan) -> int:
     config = plan.config

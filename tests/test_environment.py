@@ -79,3 +79,14 @@ def test_python_targets_are_unbuffered_unless_set() -> None:
     kept = EnvironmentLayers(inherited={"PYTHONUNBUFFERED": "0"}, python_target=True)
     assert compose(kept, worker=0)["PYTHONUNBUFFERED"] == "0"
     assert "PYTHONUNBUFFERED" not in compose(EnvironmentLayers(inherited={}), worker=0)
+
+
+def test_repr_never_shows_values() -> None:
+    """Printing the layers (a log, a traceback) shows key names, never values."""
+    layers = EnvironmentLayers(
+        inherited={},
+        secrets={"API_KEY": "sk-should-not-show"},
+        platform={"LIVEKIT_API_SECRET": "p-x"},
+    )
+    text = repr(layers)
+    assert "API_KEY" in text and "sk-should-not-show" not in text and "p-x" not in text
