@@ -36,12 +36,12 @@ def key_id(key: bytes) -> str:
     # The builtin SHA-256 module, not hashlib: hashlib loads OpenSSL (~3 ms) and this runs
     # on the launch critical path. (`_sha256` until Python 3.11, `_sha2` from 3.12.)
     try:
-        from _sha256 import sha256  # type: ignore[import-not-found]
+        from _sha256 import sha256  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
         try:
-            from _sha2 import sha256  # type: ignore[import-not-found, no-redef]
+            from _sha2 import sha256  # type: ignore[import-not-found, no-redef, unused-ignore]
         except ImportError:
-            from hashlib import sha256  # type: ignore[assignment]
+            from hashlib import sha256  # type: ignore[assignment, unused-ignore]
     return str(sha256(b"agent-run key id\x00" + key).hexdigest()[:16])
 
 
@@ -66,7 +66,7 @@ def seal(
     key: bytes, plaintext: bytes, associated: bytes, random_bytes: RandomBytes = os.urandom
 ) -> bytes:
     nonce = random_bytes(NONCE_BYTES)
-    return FORMAT_VERSION + nonce + _aesgcm()(key).encrypt(nonce, plaintext, associated)
+    return FORMAT_VERSION + nonce + bytes(_aesgcm()(key).encrypt(nonce, plaintext, associated))
 
 
 def open_sealed(key: bytes, sealed: bytes, associated: bytes) -> bytes:

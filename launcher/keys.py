@@ -28,12 +28,15 @@ STORE_KEY_NAME = "master.key"
 class MasterKey:
     """The master key and where it came from; its repr never shows the key."""
 
-    __slots__ = ("key", "path", "source")
+    __slots__ = ("created", "key", "path", "source")
 
-    def __init__(self, key: bytes, source: str, path: Path | None = None) -> None:
+    def __init__(
+        self, key: bytes, source: str, path: Path | None = None, created: bool = False
+    ) -> None:
         self.key = key
         self.source = source  # "AGENT_RUN_MASTER_KEY" or a file's path: said in errors
         self.path = path  # the file it came from, if any (key rotate replaces it)
+        self.created = created  # True when load_master_key(create=True) just made it
 
     def __repr__(self) -> str:
         return f"MasterKey(source={self.source!r}, id={self.id!r})"
@@ -100,17 +103,35 @@ def load_master_key(
     store_root: Path,
     key_file: Path | None = None,
     environ: Mapping[str, str] = os.environ,
+    create: bool = False,
 ) -> MasterKey:
-    """The master key from the first source that has one; ConfigError when none does."""
+    """The master key from the first source that has one; ConfigError when none does.
+
+    With `create`, a missing key is not an error: a new one is written to
+    `<store>/master.key` (0600) and returned with `created=True`, so the caller can say so.
+    A key asked for by name (`--key-file`, AGENT_RUN_KEY_FILE) is never created implicitly:
+    a typo in that path must not silently start a second, unrelated store key.
+    """
     encoded = environ.get("AGENT_RUN_MASTER_KEY")
     if encoded:
         return MasterKey(
             decode_key(encoded.encode(), "AGENT_RUN_MASTER_KEY"), "AGENT_RUN_MASTER_KEY"
         )
     candidates = key_file_candidates(store_root, key_file, environ)
+    explicit = key_file is not None or bool(environ.get("AGENT_RUN_KEY_FILE"))
     for path in candidates:
-        if len(candidates) == 1 or path.exists():
+        if explicit or path.exists():
             return read_key_file(path)
+    if create:
+        path = store_root / STORE_KEY_NAME
+        try:
+            write_key_file(path, crypto.new_key())
+        except FileExistsError:
+            return read_key_file(path)  # another writer created it first: use theirs
+        except PermissionError:
+            raise PermissionProblem(f"cannot create master key {path}: permission denied") from None
+        key = read_key_file(path)
+        return MasterKey(key.key, key.source, key.path, created=True)
     raise ConfigError(
         "no master key found (tried AGENT_RUN_MASTER_KEY, "
         + ", ".join(str(p) for p in candidates)
@@ -119,14 +140,34 @@ def load_master_key(
 
 
 def write_key_file(path: Path, key: bytes) -> None:
-    """Write a new key file, 0600 from birth, refusing to replace an existing one."""
+    """Write a new key file, 0600 from birth, refusing to replace an existing one.
+
+    The key is written to a temporary file first and hard-linked into place: `link` fails
+    when the name exists, like O_EXCL, but the file appears with its content, so a process
+    racing us never reads a half-written key. FileExistsError when a key is already there.
+    """
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.write(fd, base64.b64encode(key) + b"\n")
         os.fsync(fd)
     finally:
         os.close(fd)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:
+        # A filesystem without hard links: O_EXCL still refuses to replace a key.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, base64.b64encode(key) + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    finally:
+        tmp.unlink(missing_ok=True)
     fsync_directory(path.parent)
 
 

@@ -63,23 +63,39 @@ def read_dotenv(path: Path) -> FileEntries:
 
         raise PermissionProblem(f"cannot read {path}: permission denied") from None
     try:
-        raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # an editor's byte-order mark is not part of a key
     except UnicodeDecodeError:
         raise InvalidInput(f"{path} is not UTF-8 text") from None
+    return parse_dotenv(text, str(path))
+
+
+def parse_dotenv(text: str, origin: str) -> FileEntries:
+    """Parse dotenv text (see `read_dotenv`); `origin` names the source in errors.
+
+    The text goes to python-dotenv as a stream we decoded ourselves rather than as a path:
+    python-dotenv opens paths with universal newlines, which turns a `\r` inside a quoted
+    value into `\n` — the value would not be preserved exactly.
+    """
+    import io
     import logging
 
     from dotenv import dotenv_values
+    from dotenv.parser import parse_stream
 
     # python-dotenv reports unparsable lines through `logging` with the line's text, which
     # may hold a value; we report them ourselves by line number instead.
+    for binding in parse_stream(io.StringIO(text, newline="")):
+        if binding.error:
+            raise InvalidInput(
+                f"{origin}: line {binding.original.line} is not KEY=VALUE (fix or remove it)"
+            )
     dotenv_logger = logging.getLogger("dotenv.main")
     saved = dotenv_logger.disabled
     dotenv_logger.disabled = True
     try:
-        parsed = dotenv_values(path, interpolate=False, encoding="utf-8")
+        parsed = dotenv_values(stream=io.StringIO(text, newline=""), interpolate=False)
     finally:
         dotenv_logger.disabled = saved
-    _check_unparsed_lines(path)
     values: dict[str, str] = {}
     empty: list[str] = []
     for key, value in parsed.items():
@@ -88,17 +104,6 @@ def read_dotenv(path: Path) -> FileEntries:
         else:
             values[key] = value
     return FileEntries(values=values, empty=empty)
-
-
-def _check_unparsed_lines(path: Path) -> None:
-    from dotenv.parser import parse_stream
-
-    with path.open(encoding="utf-8") as stream:
-        for binding in parse_stream(stream):
-            if binding.error:
-                raise InvalidInput(
-                    f"{path}: line {binding.original.line} is not KEY=VALUE (fix or remove it)"
-                )
 
 
 DISCOVERED_FILES: tuple[str, ...] = (".env", ".env.local", ".env.production")

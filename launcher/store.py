@@ -142,9 +142,19 @@ class Store:
 
     @property
     def run_dir(self) -> Path:
-        """Control sockets: AGENT_RUN_RUNTIME_DIR, else `<store>/run`."""
+        """Control sockets: AGENT_RUN_RUNTIME_DIR, else `<store>/run`; created (0700) on demand.
+
+        A store mounted read-only (a Kubernetes Secret volume) cannot hold it: then the path
+        is returned uncreated, and whoever binds a socket there reports the problem (or the
+        operator points AGENT_RUN_RUNTIME_DIR somewhere writable).
+        """
         explicit = self._environ.get("AGENT_RUN_RUNTIME_DIR")
-        return Path(explicit) if explicit else self.root / "run"
+        path = Path(explicit) if explicit else self.root / "run"
+        with contextlib.suppress(OSError):
+            if not explicit:
+                self.root.mkdir(mode=0o700, parents=True, exist_ok=True)  # the store is 0700 too
+            path.mkdir(mode=0o700, exist_ok=True)
+        return path
 
     def set_path(self, name: str) -> Path:
         return self.root / f"{name}{SUFFIX}"
@@ -358,7 +368,7 @@ class Store:
             f"(create it with `agent-run secrets set {name} KEY=VALUE`)"
         )
 
-    def _read_file(self, name: str, missing_ok: bool = False) -> bytes | None:  # type: ignore[return]
+    def _read_file(self, name: str, missing_ok: bool = False) -> bytes | None:  # type: ignore[return, unused-ignore]
         try:
             return self.set_path(name).read_bytes()
         except FileNotFoundError:

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from launcher.cli.store_commands import split_tokens
 from launcher.errors import InvalidInput, UsageError
-from launcher.parse import parse_pairs, read_dotenv
+from launcher.parse import parse_dotenv, parse_pairs, read_dotenv
 
 values = st.text(
     alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1
@@ -89,3 +89,42 @@ def test_dotenv_unparsable_line_names_the_line_not_the_text(tmp_path: Path) -> N
     with pytest.raises(InvalidInput, match="line 2") as caught:
         read_dotenv(env)
     assert "sk-secret" not in str(caught.value)
+
+
+def _dotenv_quoted(value: str) -> str:
+    """How a tool writing a dotenv file quotes a value (double quotes, \\ and " escaped)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@given(keys, values)
+def test_dotenv_double_quoted_value_round_trips(key: str, value: str) -> None:
+    """Any value, double-quoted and escaped in a dotenv file, is read back exactly (CR too)."""
+    entries = parse_dotenv(f"{key}={_dotenv_quoted(value)}\n", "test.env")
+    assert entries.values == {key: value}
+
+
+@given(keys, values.filter(lambda v: "'" not in v and "\\" not in v))
+def test_dotenv_single_quoted_value_round_trips(key: str, value: str) -> None:
+    """A single-quoted value without ' or \\ is read back exactly: no escapes, no ${} expansion."""
+    entries = parse_dotenv(f"export {key}='{value}'\n", "test.env")
+    assert entries.values == {key: value}
+
+
+def test_dotenv_file_keeps_carriage_returns_and_drops_a_bom(tmp_path: Path) -> None:
+    """A CR inside a quoted value survives the file round-trip; a UTF-8 BOM is not part of a key."""
+    env = tmp_path / "crlf.env"
+    env.write_bytes(b'\xef\xbb\xbfA="x\ry"\r\nB=plain\r\n')
+    assert read_dotenv(env).values == {"A": "x\ry", "B": "plain"}
+
+
+@pytest.mark.parametrize(
+    ("content", "error"),
+    [(b"A=\xff\n", "not UTF-8"), (None, "does not exist")],
+)
+def test_dotenv_unreadable_files_are_bad_input(tmp_path: Path, content: bytes | None, error: str) -> None:
+    """A missing or non-UTF-8 file is InvalidInput naming the file."""
+    env = tmp_path / "bad.env"
+    if content is not None:
+        env.write_bytes(content)
+    with pytest.raises(InvalidInput, match=error):
+        read_dotenv(env)

@@ -272,22 +272,15 @@ def _store(args: argparse.Namespace) -> Any:
 
 
 def _key(args: argparse.Namespace, store: Any, create: bool = False) -> Any:
-    from launcher.keys import STORE_KEY_NAME, key_file_candidates, load_master_key, write_key_file
+    from launcher.keys import load_master_key
 
-    environ = os.environ
-    explicit = args.key_file or environ.get("AGENT_RUN_KEY_FILE")
-    if create and not environ.get("AGENT_RUN_MASTER_KEY") and not explicit:
-        candidates = key_file_candidates(store.root, None, environ)
-        if not any(p.exists() for p in candidates):
-            from launcher import crypto
-
-            path = store.root / STORE_KEY_NAME
-            write_key_file(path, crypto.new_key())
-            _say(
-                f"created master key {path} (mode 0600); back it up: without it this store "
-                "cannot be decrypted"
-            )
-    return load_master_key(store.root, args.key_file, environ)
+    key = load_master_key(store.root, args.key_file, os.environ, create=create)
+    if key.created:
+        _say(
+            f"created master key {key.source} (mode 0600); back it up: without it this store "
+            "cannot be decrypted"
+        )
+    return key
 
 
 def _read_stdin_value() -> str:
@@ -401,7 +394,7 @@ def _print_result(args: argparse.Namespace, result: Any, extra: str = "") -> Non
     print(f"{result.name} v{result.version}: {extra}{', '.join(parts)}")
 
 
-def _table(rows: list[tuple[str, ...]]) -> str:
+def _table(rows: Sequence[tuple[str, ...]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
@@ -576,9 +569,10 @@ def cmd_key_init(args: argparse.Namespace) -> int:
                 "(use `agent-run key rotate` to replace it)"
             )
         target = store.root / STORE_KEY_NAME
-    if target.exists():
-        raise OperationFailed(f"key file {target} already exists; nothing was created")
-    write_key_file(target, crypto.new_key())
+    try:
+        write_key_file(target, crypto.new_key())
+    except FileExistsError:
+        raise OperationFailed(f"key file {target} already exists; nothing was created") from None
     print(f"created master key {target} (mode 0600); back it up: the store needs it")
     return 0
 
@@ -649,13 +643,14 @@ def cmd_platform_show(args: argparse.Namespace) -> int:
         if name in stored:
             sources[name] = "store"
         elif name in os.environ:
-            sources[name] = "environment"
+            sources[name] = "environment"  # the launcher's own environment (SPEC §3.1, layer 4)
         else:
             sources[name] = "missing"
     if args.json:
         print(json.dumps(sources))
     else:
-        print(_table([("NAME", "SOURCE"), *sources.items()]))
+        described = {"store": "store", "environment": "launcher environment", "missing": "missing"}
+        print(_table([("NAME", "SOURCE"), *((k, described[v]) for k, v in sources.items())]))
     return 0
 
 
