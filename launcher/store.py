@@ -38,6 +38,7 @@ SUFFIX = ".set"
 PLATFORM = "_platform"  # cannot collide: set names start with a letter or digit
 KEEP_VERSIONS = 10
 READY = "ready"  # model.SetStatus.READY, spelled out to keep listing imports light
+DAMAGED = "damaged"  # listing only: the file does not parse (never a stored status)
 Clock = Callable[[], float]
 
 
@@ -200,19 +201,30 @@ class Store:
         return sorted(e[: -len(SUFFIX)] for e in entries if e.endswith(SUFFIX) and e[0] not in "._")
 
     def list_sets(self) -> list[SetInfo]:
+        """Every set's summary, read without the key.
+
+        A damaged file is listed with status `damaged` rather than failing the whole listing:
+        the operator needs to see which set it is. (Without the key, only the header can be
+        checked here; a read with the key detects any other change.)
+        """
         infos = []
         for name in self.names():
-            parsed = self._parse(name, self._read_file(name))
-            header = parsed.header
-            infos.append(
-                SetInfo(
-                    name,
-                    int(header["version"]),
-                    str(header["status"]),
-                    str(header["updated"]),
-                    int(header["count"]),
+            raw = self._read_file(name, missing_ok=True)
+            if raw is None:
+                continue  # deleted while we listed
+            try:
+                header = self._parse(name, raw).header
+                infos.append(
+                    SetInfo(
+                        name,
+                        int(header["version"]),
+                        str(header["status"]),
+                        str(header["updated"]),
+                        int(header["count"]),
+                    )
                 )
-            )
+            except (ConfigError, KeyError, TypeError, ValueError):
+                infos.append(SetInfo(name, 0, DAMAGED, "", 0))
         return infos
 
     def key_times(self, name: str) -> dict[str, dict[str, str]]:

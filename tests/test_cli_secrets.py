@@ -5,6 +5,11 @@ from __future__ import annotations
 import base64
 import json
 import os
+import pty
+import select
+import shlex
+import subprocess
+import time
 import urllib.parse
 from pathlib import Path
 
@@ -21,25 +26,34 @@ def _values(store_dir: Path, master_key: str, name: str = "s") -> dict[str, str]
     return Store(store_dir).read(name, key).plain()
 
 
-# Pipecat's "Special characters" table, as the shell hands the tokens over.
+# SPEC §2.4's grammar table (Pipecat's "Special characters"), exactly as typed in bash, plus
+# the two-word forms. The shell removes its own quotes before agent-run sees the tokens.
 GRAMMAR_TABLE = [
-    (["KEY1=simple"], "simple"),
-    (["KEY1=value with spaces"], "value with spaces"),  # KEY1="value with spaces" / "KEY1=..."
-    (["KEY1=value=with=equals"], "value=with=equals"),  # KEY1="value=with=equals"
-    (["KEY1==value=with=equals"], "value=with=equals"),
-    (['KEY1=value with "quotes"'], 'value with "quotes"'),  # both shell spellings
-    (["KEY1=value with \\backslashes"], "value with \\backslashes"),  # both shell spellings
-    (["KEY1", "=starts-with-equals"], "=starts-with-equals"),
-    (["KEY1", "two words"], "two words"),
+    ("KEY1=simple", "simple"),
+    ('KEY1="value with spaces"', "value with spaces"),
+    ('"KEY1=value with spaces"', "value with spaces"),
+    ('KEY1="value=with=equals"', "value=with=equals"),
+    ("KEY1==value=with=equals", "value=with=equals"),
+    (r'KEY1="value with \"quotes\""', 'value with "quotes"'),
+    ("""'KEY1=value with "quotes"'""", 'value with "quotes"'),
+    (r"'KEY1=value with \backslashes'", r"value with \backslashes"),
+    (r'"KEY1=value with \\backslashes"', r"value with \backslashes"),
+    ("KEY1 secret-value", "secret-value"),  # Pipecat's SECRET_NAME secret-value form
+    ("KEY1 =starts-with-equals", "=starts-with-equals"),
+    ("KEY1 'two words'", "two words"),
+    ("KEY1 --looks-like-a-flag", "--looks-like-a-flag"),
+    ('--secrets "KEY1=value with spaces"', "value with spaces"),  # LiveKit's flag form
+    ("--secrets=KEY1==x", "x"),
 ]
 
 
-@pytest.mark.parametrize(("tokens", "stored"), GRAMMAR_TABLE)
-def test_grammar_table(
-    cli: CLI, store_dir: Path, master_key: str, tokens: list[str], stored: str
-) -> None:
-    """Every row of the spec's grammar table stores exactly the documented value."""
-    result = cli("secrets", "set", "s", *tokens)
+@pytest.mark.parametrize(("typed", "stored"), GRAMMAR_TABLE)
+def test_grammar_table(cli: CLI, store_dir: Path, master_key: str, typed: str, stored: str) -> None:
+    """Every row of the spec's grammar table, typed in bash, stores exactly the documented value."""
+    command = " ".join(shlex.quote(part) for part in cli.argv("secrets", "set", "s")) + " " + typed
+    result = subprocess.run(
+        ["bash", "-c", command], env=cli.env, cwd=cli.cwd, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     assert _values(store_dir, master_key) == {"KEY1": stored}
 
@@ -329,3 +343,146 @@ def test_systemd_credential_is_a_key_source(cli: CLI, store_dir: Path, tmp_path:
     assert cli("secrets", "set", "s", "A=1", env=env).returncode == 0
     assert not (store_dir / "master.key").exists()  # the credential was used, none created
     assert _values(store_dir, key) == {"A": "1"}
+
+
+def test_tampered_set_file_is_refused_by_the_cli(cli: CLI, store_dir: Path) -> None:
+    """A flipped byte anywhere in a set file: exit 78, one clear line, the file left as found."""
+    cli("secrets", "set", "s", "A=sekrit-one", "B=sekrit-two")
+    cli("secrets", "set", "s", "A=sekrit-three")
+    path = store_dir / "s.set"
+    original = path.read_bytes()
+    positions = sorted({*range(0, len(original), max(1, len(original) // 24)), len(original) - 1})
+    for index in positions:
+        damaged = bytearray(original)
+        damaged[index] ^= 0x20
+        path.write_bytes(bytes(damaged))
+        result = cli("secrets", "set", "s", "C=new")
+        assert result.returncode == 78, (index, result.stderr)
+        assert result.stderr.startswith("agent-run: error: ") and "'s'" in result.stderr
+        assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
+        assert "sekrit" not in result.stdout + result.stderr
+        assert path.read_bytes() == bytes(damaged)  # nothing written over the evidence
+    path.write_bytes(original)
+    assert cli("secrets", "set", "s", "C=new").returncode == 0
+
+
+def test_list_shows_a_damaged_set_without_failing(cli: CLI, store_dir: Path) -> None:
+    """Listing names a damaged set as `damaged` and still lists the others."""
+    cli("secrets", "set", "good", "A=1")
+    cli("secrets", "set", "bad", "A=1")
+    (store_dir / "bad.set").write_bytes(b"garbage\n")
+    result = cli("secrets", "list", "--json")
+    assert result.returncode == 0, result.stderr
+    assert {(e["name"], e["status"]) for e in json.loads(result.stdout)} == {
+        ("good", "ready"),
+        ("bad", "damaged"),
+    }
+
+
+def _run_on_terminal(cli: CLI, args: list[str], answers: dict[str, str]) -> tuple[int, str]:
+    """Run the CLI on a pseudo-terminal, answering each prompt once it appears."""
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen(
+        cli.argv(*args), stdin=terminal, stdout=terminal, stderr=terminal,
+        env=cli.env, cwd=cli.cwd, close_fds=True,
+    )  # fmt: skip
+    os.close(terminal)
+    output = b""
+    pending = dict(answers)
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([controller], [], [], 1.0)
+            if ready:
+                try:
+                    chunk = os.read(controller, 4096)
+                except OSError:  # EIO: the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                output += chunk
+                for prompt in list(pending):
+                    if prompt.encode() in output:
+                        os.write(controller, pending.pop(prompt).encode() + b"\n")
+            elif proc.poll() is not None:
+                break
+        return proc.wait(timeout=60), output.decode(errors="replace")
+    finally:
+        os.close(controller)
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_discovery_on_a_terminal_offers_the_file(
+    cli: CLI, store_dir: Path, master_key: str
+) -> None:
+    """On a terminal, `secrets set S` with one .env asks before importing it."""
+    (cli.cwd / ".env").write_text("A=from-dotenv\n")
+    code, output = _run_on_terminal(cli, ["secrets", "set", "s"], {"Import secrets from .env?": "y"})
+    assert code == 0, output
+    assert _values(store_dir, master_key) == {"A": "from-dotenv"}
+
+
+def test_discovery_on_a_terminal_lets_you_pick_one(
+    cli: CLI, store_dir: Path, master_key: str
+) -> None:
+    """With several dotenv files on a terminal, the chosen one is imported."""
+    (cli.cwd / ".env").write_text("A=base\n")
+    (cli.cwd / ".env.production").write_text("A=prod\n")
+    code, output = _run_on_terminal(cli, ["secrets", "set", "s"], {"Import which one?": "2"})
+    assert code == 0, output
+    assert "1) .env" in output and "2) .env.production" in output
+    assert _values(store_dir, master_key) == {"A": "prod"}
+
+
+def test_eight_concurrent_cli_writers_lose_nothing(
+    cli: CLI, store_dir: Path, master_key: str
+) -> None:
+    """Eight `secrets set` processes at once, three rounds: every key, every version counted."""
+    for round_ in range(3):
+        procs = [
+            subprocess.Popen(
+                cli.argv("secrets", "set", "s", f"K{n}=v{round_}"),
+                env=cli.env, cwd=cli.cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            for n in range(8)
+        ]
+        for proc in procs:
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err
+    key = MasterKey(base64.b64decode(master_key), "test")
+    final = Store(store_dir).read("s", key)
+    assert final.plain() == {f"K{n}": "v2" for n in range(8)}
+    assert final.version == 24
+
+
+def test_no_input_form_leaves_a_value_on_disk(
+    cli: CLI, store_dir: Path, tmp_path: Path
+) -> None:
+    """Values given by pair, --stdin, --from-env and --secrets-file appear in no store file."""
+    values = {
+        "PAIR": "pair-value-5f1c2e9a",
+        "STDIN": "-----BEGIN KEY-----\nstdin-value-77aa31\n-----END KEY-----\n",
+        "ENV": "env-value-c0ffee42",
+        "FILE": "file-value-deadbeef",
+    }
+    env_file = tmp_path / "x.env"
+    env_file.write_text(f'FILE="{values["FILE"]}"\n')
+    result = cli(
+        "secrets", "set", "s", f"PAIR={values['PAIR']}", "--stdin", "STDIN", "--from-env", "ENV",
+        "--secrets-file", str(env_file), input=values["STDIN"], env={"ENV": values["ENV"]},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    cli("secrets", "unset", "s", "PAIR")  # history now holds it too
+    cli("secrets", "rollback", "s")
+    needles = []
+    for value in values.values():
+        for part in [value, *value.splitlines()]:
+            if len(part) >= 8:
+                needles += [part, base64.b64encode(part.encode()).decode(), urllib.parse.quote(part)]
+    files = [p for p in store_dir.rglob("*") if p.is_file()]
+    assert files
+    for path in files:
+        data = path.read_bytes()
+        for needle in needles:
+            assert needle.encode() not in data, f"{needle!r} found in {path}"
