@@ -8,6 +8,7 @@ import os
 import pty
 import select
 import shlex
+import sys
 import subprocess
 import time
 import urllib.parse
@@ -486,3 +487,17 @@ def test_no_input_form_leaves_a_value_on_disk(
         data = path.read_bytes()
         for needle in needles:
             assert needle.encode() not in data, f"{needle!r} found in {path}"
+
+
+@pytest.mark.parametrize("args", [["secrets", "list"], ["secrets", "list", "s"], ["secrets", "history", "s"]])
+def test_listing_imports_nothing_heavy(cli: CLI, args: list[str]) -> None:
+    """Listing needs no crypto, dotenv, structlog or asyncio (start-up stays a few ms)."""
+    cli("secrets", "set", "s", "A=1")
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "launcher", *args],
+        env=cli.env, cwd=cli.cwd, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
+    heavy = {"cryptography", "dotenv", "structlog", "asyncio", "anyio", "watchfiles", "hashlib"}
+    assert not imported & heavy, sorted(imported & heavy)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import random
 import signal
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from launcher import crypto
-from launcher.errors import ConfigError, DecryptionFailed
+from launcher.errors import ConfigError, DecryptionFailed, OperationFailed
 from launcher.keys import MasterKey
 from launcher.store import Store
 
@@ -133,3 +134,105 @@ def test_sigkilled_writer_never_damages_a_set(tmp_path: Path, key: MasterKey) ->
     assert len(seen_versions) > 50  # the kills really landed mid-way through many writes
     store.update("s", key, lambda v: {"K": "final"})
     assert not list(tmp_path.glob("*.tmp"))  # the next writer cleans up what killed ones left
+
+
+def test_open_picks_the_root_like_the_spec(tmp_path: Path) -> None:
+    """--store, else AGENT_RUN_HOME, else $XDG_DATA_HOME/agent-run."""
+    assert Store.open(tmp_path / "x", {"AGENT_RUN_HOME": "/elsewhere"}).root == tmp_path / "x"
+    assert Store.open(None, {"AGENT_RUN_HOME": str(tmp_path / "h")}).root == tmp_path / "h"
+    assert Store.open(None, {"XDG_DATA_HOME": str(tmp_path)}).root == tmp_path / "agent-run"
+
+
+def test_run_dir_is_private_and_made_on_demand(tmp_path: Path) -> None:
+    """run_dir is <store>/run, created 0700 inside a 0700 store when first asked for."""
+    store = Store.open(tmp_path / "store", {})
+    run = store.run_dir
+    assert run == tmp_path / "store" / "run" and run.is_dir()
+    assert run.stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "store").stat().st_mode & 0o777 == 0o700
+
+
+def test_current_version_follows_writes_without_the_key(tmp_path: Path, key: MasterKey) -> None:
+    """current_version is None before the first write, then each write's version."""
+    store = Store(tmp_path)
+    assert store.current_version("s") is None
+    store.update("s", key, lambda v: {"A": "1"})
+    assert store.current_version("s") == 1
+    store.update("s", key, lambda v: {**v, "B": "2"})
+    assert store.current_version("s") == 2
+    store.update("s", key, lambda v: dict(v))  # no change: no new version
+    assert store.current_version("s") == 2
+
+
+def test_reading_a_missing_set_names_the_known_ones(tmp_path: Path, key: MasterKey) -> None:
+    """A missing set is a ConfigError listing the sets and the command that creates it."""
+    store = Store(tmp_path)
+    store.update("dev", key, lambda v: {"A": "1"})
+    store.update("staging", key, lambda v: {"A": "1"})
+    with pytest.raises(ConfigError) as caught:
+        store.read("prod", key)
+    message = str(caught.value)
+    assert "known sets: dev, staging" in message
+    assert "agent-run secrets set prod KEY=VALUE" in message
+    assert caught.value.exit_code == 78
+
+
+def test_a_set_that_is_not_ready_is_refused(tmp_path: Path, key: MasterKey) -> None:
+    """A set whose status is not `ready` is refused before decryption, with exit 78."""
+    store = Store(tmp_path)
+    store.update("s", key, lambda v: {"A": "1"})
+    path = store.set_path("s")
+    path.write_bytes(path.read_bytes().replace(b'"status":"ready"', b'"status":"failed"', 1))
+    with pytest.raises(ConfigError, match="not ready"):
+        store.read("s", key)
+
+
+def test_wrong_key_fails_with_the_key_source(tmp_path: Path, key: MasterKey) -> None:
+    """Another master key is DecryptionFailed naming where the key came from."""
+    store = Store(tmp_path)
+    store.update("s", key, lambda v: {"A": "1"})
+    with pytest.raises(DecryptionFailed, match="AGENT_RUN_MASTER_KEY"):
+        store.read("s", MasterKey(crypto.new_key(), "AGENT_RUN_MASTER_KEY"))
+
+
+def test_platform_credentials_live_in_their_own_file(tmp_path: Path, key: MasterKey) -> None:
+    """Platform credentials are sealed apart from sets, never listed as a set; {} when absent."""
+    store = Store(tmp_path)
+    assert store.read_platform(key) == {} and not store.has_platform()
+    store.update("_platform", key, lambda v: {"LIVEKIT_URL": "wss://x"})
+    assert store.has_platform() and store.platform_path().exists()
+    assert store.read_platform(key) == {"LIVEKIT_URL": "wss://x"}
+    assert store.list_sets() == []
+
+
+def test_history_keeps_ten_and_rolls_back_to_the_oldest(tmp_path: Path, key: MasterKey) -> None:
+    """After 15 writes versions 6..15 are kept; rollback to 6 works, to 5 is refused."""
+    store = Store(tmp_path)
+    for i in range(1, 16):
+        store.update("s", key, lambda v, i=i: {"A": f"value-{i}"})
+    assert [e.version for e in store.history("s")] == list(range(15, 5, -1))
+    with pytest.raises(OperationFailed, match="no version 5"):
+        store.rollback("s", key, 5)
+    result = store.rollback("s", key, 6)
+    assert result.version == 16 and result.change.changed == ("A",)
+    assert store.read("s", key).plain() == {"A": "value-6"}
+
+
+def test_history_entries_cannot_be_swapped(tmp_path: Path, key: MasterKey) -> None:
+    """A history entry's sealed values moved to another version's slot fail to open."""
+    store = Store(tmp_path)
+    for value in ("one", "two", "three"):
+        store.update("s", key, lambda v, value=value: {"A": value})
+    path = store.set_path("s")
+    lines = path.read_bytes().split(b"\n")
+    meta = json.loads(lines[1])
+    meta["history"][0]["sealed"], meta["history"][1]["sealed"] = (
+        meta["history"][1]["sealed"],
+        meta["history"][0]["sealed"],
+    )
+    lines[1] = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
+    path.write_bytes(b"\n".join(lines))
+    with pytest.raises(DecryptionFailed):
+        store.rollback("s", key, 2)
+    with pytest.raises(DecryptionFailed):
+        store.read("s", key)  # the metadata is bound to the current values as well
