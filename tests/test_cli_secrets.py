@@ -8,8 +8,8 @@ import os
 import pty
 import select
 import shlex
-import sys
 import subprocess
+import sys
 import time
 import urllib.parse
 from pathlib import Path
@@ -53,7 +53,12 @@ def test_grammar_table(cli: CLI, store_dir: Path, master_key: str, typed: str, s
     """Every row of the spec's grammar table, typed in bash, stores exactly the documented value."""
     command = " ".join(shlex.quote(part) for part in cli.argv("secrets", "set", "s")) + " " + typed
     result = subprocess.run(
-        ["bash", "-c", command], env=cli.env, cwd=cli.cwd, capture_output=True, text=True, timeout=60
+        ["bash", "-c", command],
+        env=cli.env,
+        cwd=cli.cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     assert _values(store_dir, master_key) == {"KEY1": stored}
@@ -419,7 +424,9 @@ def test_discovery_on_a_terminal_offers_the_file(
 ) -> None:
     """On a terminal, `secrets set S` with one .env asks before importing it."""
     (cli.cwd / ".env").write_text("A=from-dotenv\n")
-    code, output = _run_on_terminal(cli, ["secrets", "set", "s"], {"Import secrets from .env?": "y"})
+    code, output = _run_on_terminal(
+        cli, ["secrets", "set", "s"], {"Import secrets from .env?": "y"}
+    )
     assert code == 0, output
     assert _values(store_dir, master_key) == {"A": "from-dotenv"}
 
@@ -444,8 +451,12 @@ def test_eight_concurrent_cli_writers_lose_nothing(
         procs = [
             subprocess.Popen(
                 cli.argv("secrets", "set", "s", f"K{n}=v{round_}"),
-                env=cli.env, cwd=cli.cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            )  # fmt: skip
+                env=cli.env,
+                cwd=cli.cwd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             for n in range(8)
         ]
         for proc in procs:
@@ -457,9 +468,7 @@ def test_eight_concurrent_cli_writers_lose_nothing(
     assert final.version == 24
 
 
-def test_no_input_form_leaves_a_value_on_disk(
-    cli: CLI, store_dir: Path, tmp_path: Path
-) -> None:
+def test_no_input_form_leaves_a_value_on_disk(cli: CLI, store_dir: Path, tmp_path: Path) -> None:
     """Values given by pair, --stdin, --from-env and --secrets-file appear in no store file."""
     values = {
         "PAIR": "pair-value-5f1c2e9a",
@@ -480,7 +489,11 @@ def test_no_input_form_leaves_a_value_on_disk(
     for value in values.values():
         for part in [value, *value.splitlines()]:
             if len(part) >= 8:
-                needles += [part, base64.b64encode(part.encode()).decode(), urllib.parse.quote(part)]
+                needles += [
+                    part,
+                    base64.b64encode(part.encode()).decode(),
+                    urllib.parse.quote(part),
+                ]
     files = [p for p in store_dir.rglob("*") if p.is_file()]
     assert files
     for path in files:
@@ -489,7 +502,9 @@ def test_no_input_form_leaves_a_value_on_disk(
             assert needle.encode() not in data, f"{needle!r} found in {path}"
 
 
-@pytest.mark.parametrize("args", [["secrets", "list"], ["secrets", "list", "s"], ["secrets", "history", "s"]])
+@pytest.mark.parametrize(
+    "args", [["secrets", "list"], ["secrets", "list", "s"], ["secrets", "history", "s"]]
+)
 def test_listing_imports_nothing_heavy(cli: CLI, args: list[str]) -> None:
     """Listing needs no crypto, dotenv, structlog or asyncio (start-up stays a few ms)."""
     cli("secrets", "set", "s", "A=1")

@@ -121,7 +121,9 @@ def test_dotenv_file_keeps_carriage_returns_and_drops_a_bom(tmp_path: Path) -> N
     ("content", "error"),
     [(b"A=\xff\n", "not UTF-8"), (None, "does not exist")],
 )
-def test_dotenv_unreadable_files_are_bad_input(tmp_path: Path, content: bytes | None, error: str) -> None:
+def test_dotenv_unreadable_files_are_bad_input(
+    tmp_path: Path, content: bytes | None, error: str
+) -> None:
     """A missing or non-UTF-8 file is InvalidInput naming the file."""
     env = tmp_path / "bad.env"
     if content is not None:

@@ -52,13 +52,13 @@ def test_renamed_file_does_not_open_as_another_set(tmp_path: Path, key: MasterKe
 
 
 def test_hand_made_rollback_is_detected(tmp_path: Path, key: MasterKey) -> None:
-    """Restoring an old copy of line 3 (the values) under a newer header fails."""
+    """Restoring an old copy of line 4 (the values) under a newer header fails."""
     store = Store(tmp_path)
     store.update("s", key, lambda v: {"A": "old"})
-    old_values = store.set_path("s").read_bytes().split(b"\n")[2]
+    old_values = store.set_path("s").read_bytes().split(b"\n")[3]
     store.update("s", key, lambda v: {"A": "new"})
     lines = store.set_path("s").read_bytes().split(b"\n")
-    lines[2] = old_values
+    lines[3] = old_values
     store.set_path("s").write_bytes(b"\n".join(lines))
     with pytest.raises(DecryptionFailed):
         store.read("s", key)
@@ -69,12 +69,18 @@ def test_data_keys_are_per_set_and_nonces_fresh(tmp_path: Path, key: MasterKey) 
     store = Store(tmp_path)
     store.update("a", key, lambda v: {"A": "same"})
     store.update("b", key, lambda v: {"A": "same"})
-    sealed_a = store.set_path("a").read_bytes().split(b"\n")[2]
-    sealed_b = store.set_path("b").read_bytes().split(b"\n")[2]
+    sealed_a = store.set_path("a").read_bytes().split(b"\n")[3]
+    sealed_b = store.set_path("b").read_bytes().split(b"\n")[3]
     assert sealed_a != sealed_b
-    meta_a = store.set_path("a").read_bytes().split(b"\n")[1]
-    meta_b = store.set_path("b").read_bytes().split(b"\n")[1]
-    assert meta_a != meta_b
+    header_a = json.loads(store.set_path("a").read_bytes().split(b"\n")[0])
+    header_b = json.loads(store.set_path("b").read_bytes().split(b"\n")[0])
+    key_a = crypto.open_sealed(
+        key.key, base64.b64decode(header_a["data_key"]), b"agent-run data key\x00a"
+    )
+    key_b = crypto.open_sealed(
+        key.key, base64.b64decode(header_b["data_key"]), b"agent-run data key\x00b"
+    )
+    assert key_a != key_b and len(key_a) == 32
 
 
 WRITER = """
@@ -219,20 +225,41 @@ def test_history_keeps_ten_and_rolls_back_to_the_oldest(tmp_path: Path, key: Mas
 
 
 def test_history_entries_cannot_be_swapped(tmp_path: Path, key: MasterKey) -> None:
-    """A history entry's sealed values moved to another version's slot fail to open."""
+    """History entries are bound to their version: swapped ones fail to restore.
+
+    Without the data key, any edit of the history line already fails with the current values
+    (it is in their associated data); this re-seals them as if the data key were known, to
+    show that each entry carries its own binding as well.
+    """
     store = Store(tmp_path)
     for value in ("one", "two", "three"):
         store.update("s", key, lambda v, value=value: {"A": value})
     path = store.set_path("s")
     lines = path.read_bytes().split(b"\n")
-    meta = json.loads(lines[1])
-    meta["history"][0]["sealed"], meta["history"][1]["sealed"] = (
-        meta["history"][1]["sealed"],
-        meta["history"][0]["sealed"],
+    header = json.loads(lines[0])
+    data_key = crypto.open_sealed(
+        key.key, base64.b64decode(header["data_key"]), b"agent-run data key\x00s"
     )
-    lines[1] = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
+    values = crypto.open_sealed(data_key, base64.b64decode(lines[3]), b"\n".join(lines[:3]))
+    history = json.loads(lines[2])
+    history[0]["sealed"], history[1]["sealed"] = history[1]["sealed"], history[0]["sealed"]
+    lines[2] = json.dumps(history, sort_keys=True, separators=(",", ":")).encode()
+    lines[3] = base64.b64encode(crypto.seal(data_key, values, b"\n".join(lines[:3])))
+    path.write_bytes(b"\n".join(lines))
+    assert store.read("s", key).plain() == {"A": "three"}
+    with pytest.raises(DecryptionFailed, match="version 2 of set 's' is damaged"):
+        store.rollback("s", key, 2)
+    assert store.read("s", key).version == 3  # nothing was restored
+
+
+def test_edited_history_fails_the_current_values(tmp_path: Path, key: MasterKey) -> None:
+    """Dropping a history entry by hand makes the whole set fail to open."""
+    store = Store(tmp_path)
+    for value in ("one", "two", "three"):
+        store.update("s", key, lambda v, value=value: {"A": value})
+    path = store.set_path("s")
+    lines = path.read_bytes().split(b"\n")
+    lines[2] = json.dumps(json.loads(lines[2])[:1], sort_keys=True, separators=(",", ":")).encode()
     path.write_bytes(b"\n".join(lines))
     with pytest.raises(DecryptionFailed):
-        store.rollback("s", key, 2)
-    with pytest.raises(DecryptionFailed):
-        store.read("s", key)  # the metadata is bound to the current values as well
+        store.read("s", key)
