@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from launcher.model import SecretSet
 from launcher.names import check_set_name, check_set_size
 
-FORMAT = 1
+FORMAT = 2  # 1: development builds before the header carried the data key
 SUFFIX = ".set"
 PLATFORM = "_platform"  # cannot collide: set names start with a letter or digit
 KEEP_VERSIONS = 10
@@ -436,24 +436,28 @@ class Store:
     def _parse(self, name: str, raw: bytes) -> _Parsed:
         """Split the four lines and parse the header; the rest stays bytes until needed."""
         first = raw.find(b"\n")
-        second = raw.find(b"\n", first + 1)
-        third = raw.find(b"\n", second + 1)
-        if min(first, second, third) < 0 or raw.find(b"\n", third + 1) != len(raw) - 1:
-            raise self._damaged(name)
         try:
-            header = json.loads(raw[:first])
-            sealed = crypto.b64decode_strict(raw[third + 1 : -1].decode("ascii"))
-        except (ValueError, UnicodeDecodeError, DecryptionFailed):
-            raise self._damaged(name) from None
+            header = json.loads(raw[:first]) if first > 0 else None
+        except ValueError:
+            header = None
         if not isinstance(header, dict):
             raise self._damaged(name)
         if header.get("format") != FORMAT:
             raise ConfigError(
                 f"set {name!r} has format {header.get('format')!r}, which this agent-run "
-                f"(format {FORMAT}) cannot read; use the agent-run version that wrote it"
+                f"(format {FORMAT}) cannot read; use the agent-run version that wrote it, or "
+                f"write the set again"
             )
         if header.get("set") != name:
             raise self._damaged(name)  # a file renamed to another set
+        second = raw.find(b"\n", first + 1)
+        third = raw.find(b"\n", second + 1)
+        if min(second, third) < 0 or raw.find(b"\n", third + 1) != len(raw) - 1:
+            raise self._damaged(name)
+        try:
+            sealed = crypto.b64decode_strict(raw[third + 1 : -1].decode("ascii"))
+        except (UnicodeDecodeError, DecryptionFailed):
+            raise self._damaged(name) from None
         return _Parsed(
             header, raw[first + 1 : second], raw[second + 1 : third], raw[:third], sealed
         )

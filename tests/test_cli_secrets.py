@@ -516,3 +516,38 @@ def test_listing_imports_nothing_heavy(cli: CLI, args: list[str]) -> None:
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
     heavy = {"cryptography", "dotenv", "structlog", "asyncio", "anyio", "watchfiles", "hashlib"}
     assert not imported & heavy, sorted(imported & heavy)
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "code"),
+    [
+        (["--stdin", "K"], "x" * 16384, 0),
+        (["--stdin", "K"], "x" * 16385, 65),
+        (["--stdin", "K"], "é" * 8192, 0),
+        (["--stdin", "K"], "é" * 8192 + "x", 65),
+        (["A" * 64 + "=1"], None, 0),
+        (["A" * 65 + "=1"], None, 65),
+        (["K", "a\x01b"], None, 0),
+        (["--stdin", "K"], "nul\x00inside", 65),
+    ],
+)
+def test_value_and_name_rules_at_their_boundaries_via_the_cli(
+    cli: CLI, store_dir: Path, args: list[str], stdin: str | None, code: int
+) -> None:
+    """16 KiB encoded and 64-character names pass; one more byte or character is exit 65."""
+    result = cli("secrets", "set", "s", *args, input=stdin)
+    assert result.returncode == code, result.stderr
+    assert (store_dir / "s.set").exists() == (code == 0)
+
+
+def test_set_too_large_for_an_environment_is_refused(
+    cli: CLI, store_dir: Path, master_key: str, tmp_path: Path
+) -> None:
+    """A set beyond the environment bound is refused at write time, leaving the old version."""
+    cli("secrets", "set", "s", "KEEP=1")
+    env_file = tmp_path / "big.env"
+    env_file.write_text("".join(f"K{i}={'x' * 16000}\n" for i in range(70)))
+    result = cli("secrets", "set", "s", "--secrets-file", str(env_file))
+    assert result.returncode == 65 and "smaller sets" in result.stderr
+    assert _values(store_dir, master_key) == {"KEEP": "1"}
+    assert json.loads(cli("secrets", "list", "--json").stdout)[0]["version"] == 1

@@ -124,20 +124,20 @@ def test_sigkilled_writer_never_damages_a_set(tmp_path: Path, key: MasterKey) ->
     env = {**os.environ, "KEY": base64.b64encode(key.key).decode()}
     rng = random.Random(1234)
     seen_versions = set()
-    for _ in range(200):
+    for _ in range(300):
         writer = subprocess.Popen(
             [sys.executable, "-c", WRITER, str(tmp_path), "K", "1000"],
             env=env,
             stdout=subprocess.DEVNULL,
         )
         with contextlib.suppress(subprocess.TimeoutExpired):
-            writer.wait(timeout=rng.uniform(0.03, 0.12))
+            writer.wait(timeout=rng.uniform(0.02, 0.10))
         writer.send_signal(signal.SIGKILL)
         writer.wait()
         current = store.read("s", key)  # raises if the file was damaged
         assert set(current.plain()) == {"K"}
         seen_versions.add(current.version)
-    assert len(seen_versions) > 50  # the kills really landed mid-way through many writes
+    assert len(seen_versions) > 75  # the kills really landed mid-way through many writes
     store.update("s", key, lambda v: {"K": "final"})
     assert not list(tmp_path.glob("*.tmp"))  # the next writer cleans up what killed ones left
 
@@ -262,4 +262,14 @@ def test_edited_history_fails_the_current_values(tmp_path: Path, key: MasterKey)
     lines[2] = json.dumps(json.loads(lines[2])[:1], sort_keys=True, separators=(",", ":")).encode()
     path.write_bytes(b"\n".join(lines))
     with pytest.raises(DecryptionFailed):
+        store.read("s", key)
+
+
+def test_a_file_of_another_format_says_so(tmp_path: Path, key: MasterKey) -> None:
+    """A set file of another format version is refused with its format named (exit 78)."""
+    store = Store(tmp_path)
+    store.update("s", key, lambda v: {"A": "1"})
+    path = store.set_path("s")
+    path.write_bytes(path.read_bytes().replace(b'"format":2', b'"format":1', 1))
+    with pytest.raises(ConfigError, match="format 1"):
         store.read("s", key)
