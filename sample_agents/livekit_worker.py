@@ -16,7 +16,15 @@ url = os.environ.get("LIVEKIT_URL")
 api_key = os.environ.get("LIVEKIT_API_KEY")
 api_secret = os.environ.get("LIVEKIT_API_SECRET")
 if not (url and api_key and api_secret):
-    missing = [n for n, v in (("LIVEKIT_URL", url), ("LIVEKIT_API_KEY", api_key), ("LIVEKIT_API_SECRET", api_secret)) if not v]
+    missing = [
+        n
+        for n, v in (
+            ("LIVEKIT_URL", url),
+            ("LIVEKIT_API_KEY", api_key),
+            ("LIVEKIT_API_SECRET", api_secret),
+        )
+        if not v
+    ]
     print(f"livekit worker: missing {', '.join(missing)}", file=sys.stderr, flush=True)
     sys.exit(78)
 

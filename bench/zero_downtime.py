@@ -1,0 +1,227 @@
+"""Zero-downtime benchmark: steady load while secrets are updated, beside gunicorn reloads.
+
+Run: python bench/zero_downtime.py [--seconds 20] [--updates 20]
+Both servers run 4 workers on one 127.0.0.1 port and get the same bounded load: CLIENTS
+threads, each sending requests one after another on a new connection (Connection: close),
+for SECONDS. During the load:
+- agent-run (sample_agents/http_agent.py, SO_REUSEPORT, --ready notify) gets UPDATES
+  `agent-run secrets set` calls, each rolling all 4 workers;
+- gunicorn (the `bench` extra; 4 sync workers, the same tiny app) gets UPDATES SIGHUPs.
+Printed: requests, failed requests, p50/p99 latency outside and during rollouts (a request
+is "during" if it starts within WINDOW_S after an update was triggered), and the ratio.
+
+With SO_REUSEPORT every worker has its own accept queue, and connections still queued on an
+old worker's socket when it closes are reset. Linux (>= 5.14) hands them to another socket of
+the group when `net.ipv4.tcp_migrate_req=1`. By default, as root, the benchmark runs both
+servers in a private network namespace with that setting on (the host is not touched);
+`--no-migrate` runs them as the machine is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CLIENTS = 4
+WINDOW_S = 0.5
+REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+GUNICORN_APP = """
+import os
+BODY = ("pid=%d\\n" % os.getpid()).encode()
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(BODY)))])
+    return [BODY]
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def one_request(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            conn.sendall(REQUEST)
+            data = b""
+            while chunk := conn.recv(4096):
+                data += chunk
+        return data.startswith(b"HTTP/1.1 200") or data.startswith(b"HTTP/1.0 200")
+    except OSError:
+        return False
+
+
+def wait_listening(port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not one_request(port):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"nothing answers on port {port}")
+        time.sleep(0.05)
+
+
+def load(
+    port: int, seconds: float, trigger: callable, updates: int
+) -> tuple[list[tuple[float, float, bool]], list[float]]:  # type: ignore[valid-type]
+    """Run the load; call trigger() `updates` times, evenly spaced. Returns samples, triggers."""
+    samples: list[tuple[float, float, bool]] = []
+    stop = time.monotonic() + seconds
+    lock = threading.Lock()
+
+    def client() -> None:
+        mine = []
+        while time.monotonic() < stop:
+            start = time.monotonic()
+            ok = one_request(port)
+            mine.append((start, time.monotonic() - start, ok))
+        with lock:
+            samples.extend(mine)
+
+    threads = [threading.Thread(target=client) for _ in range(CLIENTS)]
+    for thread in threads:
+        thread.start()
+    triggers = []
+    spacing = seconds / (updates + 1)
+    for n in range(updates):
+        target = time.monotonic() + spacing
+        while time.monotonic() < target:
+            time.sleep(0.01)
+        triggers.append(time.monotonic())
+        trigger(n)
+    for thread in threads:
+        thread.join()
+    return samples, triggers
+
+
+def summarize(
+    label: str, samples: list[tuple[float, float, bool]], triggers: list[float]
+) -> tuple[float, float]:
+    def during(start: float) -> bool:
+        return any(t <= start < t + WINDOW_S for t in triggers)
+
+    rows = {
+        "outside": [s for s in samples if not during(s[0])],
+        "during": [s for s in samples if during(s[0])],
+    }
+    p99s = {}
+    for name, rows_ in rows.items():
+        latencies = sorted(s[1] * 1000 for s in rows_ if s[2])
+        failed = sum(1 for s in rows_ if not s[2])
+        p50 = statistics.median(latencies) if latencies else float("nan")
+        p99 = latencies[int(len(latencies) * 0.99) - 1] if latencies else float("nan")
+        p99s[name] = p99
+        print(f"{label:<12}{name:<9}{len(rows_):>9}{failed:>8}{p50:>10.2f}{p99:>10.2f}")
+    ratio = p99s["during"] / p99s["outside"]
+    print(f"{label:<12}{'p99 during / outside':<35}{ratio:>9.2f}x")
+    return p99s["outside"], p99s["during"]
+
+
+def run_agent_run(seconds: float, updates: int) -> None:
+    agent_run = str(Path(sys.executable).parent / "agent-run")
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {
+            **os.environ,
+            "AGENT_RUN_HOME": str(Path(tmp) / "store"),
+            "AGENT_RUN_MASTER_KEY": base64.b64encode(os.urandom(32)).decode(),
+            "AGENT_RUN_LOG_FORMAT": "json",
+            "SHARED_PORT": str(port),
+        }
+        subprocess.run(
+            [agent_run, "secrets", "set", "demo", "DEMO_API_KEY=v0"],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        launcher = subprocess.Popen(
+            [agent_run, "--secrets", "demo", "--workers", "4", "--ready", "notify", "--drain-timeout", "10",
+             str(ROOT / "sample_agents" / "http_agent.py")],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            wait_listening(port)
+            time.sleep(1)  # all four workers up
+
+            def update(n: int) -> None:
+                subprocess.run(
+                    [agent_run, "secrets", "set", "demo", f"DEMO_API_KEY=v{n + 1}"],
+                    env=env,
+                    check=True,
+                    capture_output=True,
+                )
+
+            samples, triggers = load(port, seconds, update, updates)
+        finally:
+            launcher.send_signal(signal.SIGTERM)
+            launcher.wait(timeout=60)
+    summarize("agent-run", samples, triggers)
+
+
+def run_gunicorn(seconds: float, updates: int) -> None:
+    gunicorn = str(Path(sys.executable).parent / "gunicorn")
+    if not Path(gunicorn).exists():
+        print("gunicorn not installed: pip install -e '.[bench]'")
+        return
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "bench_app.py").write_text(GUNICORN_APP)
+        server = subprocess.Popen(
+            [gunicorn, "-w", "4", "-b", f"127.0.0.1:{port}", "--graceful-timeout", "10", "bench_app:app"],
+            cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            wait_listening(port)
+            time.sleep(1)
+            samples, triggers = load(
+                port, seconds, lambda n: server.send_signal(signal.SIGHUP), updates
+            )
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=60)
+    summarize("gunicorn", samples, triggers)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--updates", type=int, default=20)
+    parser.add_argument("--no-migrate", action="store_true", help="leave tcp_migrate_req as it is")
+    parser.add_argument("--in-netns", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if not args.no_migrate and not args.in_netns and os.geteuid() == 0:
+        inner = [
+            sys.executable,
+            __file__,
+            "--in-netns",
+            "--seconds",
+            str(args.seconds),
+            "--updates",
+            str(args.updates),
+        ]
+        script = "ip link set lo up && sysctl -qw net.ipv4.tcp_migrate_req=1 && exec " + " ".join(
+            inner
+        )
+        raise SystemExit(subprocess.call(["unshare", "--net", "sh", "-c", script]))
+    migrate = Path("/proc/sys/net/ipv4/tcp_migrate_req").read_text().strip()
+    print(
+        f"net.ipv4.tcp_migrate_req = {migrate}; {CLIENTS} clients, {args.seconds:g} s, {args.updates} updates"
+    )
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "launcher")], check=True)
+    print(f"{'server':<12}{'window':<9}{'requests':>9}{'failed':>8}{'p50 ms':>10}{'p99 ms':>10}")
+    run_agent_run(args.seconds, args.updates)
+    run_gunicorn(args.seconds, args.updates)
+
+
+if __name__ == "__main__":
+    main()
