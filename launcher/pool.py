@@ -84,7 +84,7 @@ class Pool:
     def _log_ready(self, worker: Worker) -> None:
         # Called from a relay thread.
         if self._loop is not None and worker.ready_event is not None:
-            self._loop.call_soon_threadsafe(worker.ready_event.set)  # type: ignore[attr-defined]
+            self._loop.call_soon_threadsafe(worker.ready_event.set)
 
     def _attach(self, worker: Worker) -> None:
         """Give a worker its loop-bound events."""
@@ -130,7 +130,7 @@ class Pool:
                     self._tg.start_soon(self._boot, worker)
                 with anyio.CancelScope() as scope:
                     slot.watching = scope
-                    await worker.exited.wait()  # type: ignore[attr-defined]
+                    await worker.exited.wait()
                 slot.watching = None
                 if scope.cancelled_caught or slot.worker is not worker:
                     continue  # swapped by a rollout: watch the replacement
@@ -219,12 +219,13 @@ class Pool:
     async def wait_ready(self, worker: Worker) -> bool:
         """True once `worker` is ready; False if it exits or --ready-timeout passes."""
         ready = False
-        assert worker.exited is not None and worker.ready_event is not None
+        exited_event = worker.exited
+        assert exited_event is not None and worker.ready_event is not None
         with anyio.move_on_after(self.config.ready_timeout):
             async with anyio.create_task_group() as race:
 
                 async def exited() -> None:
-                    await worker.exited.wait()  # type: ignore[union-attr]
+                    await exited_event.wait()
                     race.cancel_scope.cancel()
 
                 async def became_ready() -> None:
@@ -255,7 +256,8 @@ class Pool:
         if kind == "started":
             await anyio.sleep(self.config.ready_delay)
         elif kind in ("notify", "log"):
-            await worker.ready_event.wait()  # type: ignore[union-attr]
+            assert worker.ready_event is not None
+            await worker.ready_event.wait()
         else:
             await probe_until_ready(self.spec, self.factory.port(worker.slot))
 
@@ -288,7 +290,7 @@ class Pool:
         if worker is None:
             return
         if fields.get("READY") == "1" and worker.ready_event is not None:
-            worker.ready_event.set()  # type: ignore[attr-defined]
+            worker.ready_event.set()
         if fields.get("WATCHDOG") == "1":
             worker.last_watchdog = time.monotonic()
         if "STATUS" in fields:
@@ -318,11 +320,11 @@ class Pool:
         self.on_change()
         assert worker.exited is not None
         with anyio.move_on_after(self.config.drain_timeout if grace is None else grace):
-            await worker.exited.wait()  # type: ignore[attr-defined]
+            await worker.exited.wait()
         if worker.alive:
             self.log("worker_drain_timeout", slot=worker.slot, pid=worker.pid, level="warning")
             worker.kill_group()
-            await worker.exited.wait()  # type: ignore[attr-defined]
+            await worker.exited.wait()
         if worker in self.draining:
             self.draining.remove(worker)
         self.on_change()
@@ -345,7 +347,7 @@ class Pool:
             # The main process is gone: whatever it left in its group goes with it.
             worker.kill_group()
             if worker.exited is not None:
-                worker.exited.set()  # type: ignore[attr-defined]
+                worker.exited.set()
             self.on_change()
 
     # --- shutdown ------------------------------------------------------------------------

@@ -26,6 +26,8 @@ from launcher.output import Masker, Relay
 from launcher.status import WorkerState
 
 if TYPE_CHECKING:
+    import anyio
+
     from launcher.environment import EnvironmentLayers
 
 PR_SET_PDEATHSIG = 1
@@ -84,8 +86,8 @@ class Worker:
         self.last_watchdog = time.monotonic()
         self.log_ready = False  # set by the relay thread when log:REGEX matched
         # Set by the supervisor once its event loop runs (anyio events are loop-bound).
-        self.exited: object | None = None
-        self.ready_event: object | None = None
+        self.exited: anyio.Event | None = None
+        self.ready_event: anyio.Event | None = None
 
     def __repr__(self) -> str:
         return f"Worker(slot={self.slot}, pid={self.pid}, state={self.state.value})"

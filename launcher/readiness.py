@@ -73,13 +73,17 @@ async def _tcp_open(port: int) -> bool:
 
 async def _http_ok(url: str) -> bool:
     import anyio
+    import anyio.abc
 
     parts = urllib.parse.urlsplit(url)
     host = parts.hostname or "127.0.0.1"
     port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
         with anyio.fail_after(2):
-            stream = await anyio.connect_tcp(host, port, tls=parts.scheme == "https")
+            if parts.scheme == "https":
+                stream: anyio.abc.ByteStream = await anyio.connect_tcp(host, port, tls=True)
+            else:
+                stream = await anyio.connect_tcp(host, port)
             async with stream:
                 path = parts.path or "/"
                 if parts.query:

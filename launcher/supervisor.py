@@ -218,7 +218,8 @@ async def _serve_control(plan: Plan, board: Any, rollout: Any, log: Any, as_dict
     from launcher.errors import LauncherError
 
     async def reload() -> dict[str, object]:
-        return await rollout.request_and_wait("agent-run reload")
+        result: dict[str, object] = await rollout.request_and_wait("agent-run reload")
+        return result
 
     handlers = control.Handlers(status=lambda: as_dict(board.current), reload=reload)
     assert plan.run_dir is not None
