@@ -20,6 +20,9 @@ from pathlib import Path
 # never group longer than DEBOUNCE_MS.
 STEP_MS = 5
 DEBOUNCE_MS = 50
+# How long the watcher thread blocks before it looks at its stop flag: on shutdown the
+# launcher waits this long for the watch to end (watchfiles' default is 5 s).
+RUST_TIMEOUT_MS = 100
 
 
 def _accept_all(change: object, path: str) -> bool:
@@ -51,6 +54,7 @@ async def fingerprints(
         recursive=False,
         step=STEP_MS,
         debounce=DEBOUNCE_MS,
+        rust_timeout=RUST_TIMEOUT_MS,
         force_polling=force_polling,
     ):
         current = fingerprint()

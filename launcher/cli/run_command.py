@@ -219,6 +219,39 @@ OPTIONS: tuple[Option, ...] = (
         "FORMAT",
     ),
     Option(
+        "--listen",
+        "listen",
+        str,
+        "127.0.0.1:7860",
+        "session mode: serve the session API on HOST:PORT",
+        "HOST:PORT",
+    ),
+    Option(
+        "--idle",
+        "idle",
+        _non_negative_int,
+        1,
+        "session mode: pre-warmed processes kept waiting for a session",
+        "N",
+    ),
+    Option(
+        "--max-sessions",
+        "max_sessions",
+        _positive_int,
+        None,
+        "session mode: sessions at once; more get 429 with Retry-After (default: no limit)",
+        "N",
+    ),
+    Option(
+        "--entrypoint",
+        "entrypoint",
+        str,
+        None,
+        "session mode with this function (module:function, or :function in the target); "
+        "default: a target that defines bot() runs in session mode",
+        "MODULE:FUNC",
+    ),
+    Option(
         "--no-mask",
         "no_mask",
         None,
@@ -553,6 +586,14 @@ def main(argv: list[str]) -> int:
     dev = bool(argv) and argv[0] == "dev"
     config = build_config(argv[1:] if dev else argv, dev)
     plan = build_plan(config)
+    if config.entrypoint or config.target.kind is not TargetKind.COMMAND:
+        from launcher.sessions import find_entrypoint
+
+        entry = find_entrypoint(config.target, config.entrypoint)
+        if entry is not None:
+            from launcher.sessions import serve
+
+            return serve(plan, entry)
     from launcher.supervisor import run
 
     return run(plan)
