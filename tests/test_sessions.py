@@ -180,3 +180,21 @@ def test_plain_script_keeps_worker_mode(launch: Callable[..., Launcher]) -> None
     launcher = launch("--ready-delay", "0.1", str(PROBE))
     launcher.wait_event("worker_ready")
     assert not [e for e in launcher.events if e.get("event") == "sessions_listening"]
+
+
+def test_sessions_cli(cli: CLI, launch: Callable[..., Launcher], probe_dir: Path) -> None:
+    """`agent-run sessions start|list|show|stop` drive the session API."""
+    _launcher, base = _serve(launch, str(SESSION_PROBE))
+    listen = base.removeprefix("http://")
+    started = cli("sessions", "start", '{"seconds": 30}', "--listen", listen)
+    assert started.returncode == 0, started.stderr
+    session_id = json.loads(started.stdout)["id"]
+    listing = cli("sessions", "--listen", listen)
+    assert session_id in listing.stdout and "running" in listing.stdout
+    assert json.loads(cli("sessions", "show", session_id, "--listen", listen).stdout)["id"] == session_id
+    assert cli("sessions", "stop", session_id, "--listen", listen).returncode == 0
+    _wait_state(base, session_id, {"ended", "failed"})
+    missing = cli("sessions", "show", "nope", "--listen", listen)
+    assert missing.returncode == 1 and "404" in missing.stderr
+    nobody = cli("sessions", "--listen", "127.0.0.1:1")
+    assert nobody.returncode == 78

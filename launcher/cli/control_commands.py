@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher import control
-from launcher.errors import OperationFailed
+from launcher.errors import ConfigError, OperationFailed, UsageError
 
 
 def runtime_dir(store: str | None) -> Path:
@@ -70,7 +70,64 @@ def _parser() -> argparse.ArgumentParser:
         help="give up waiting after S seconds (default: wait for the result)",
     )
     reload.add_argument("--json", action="store_true", help="print the result as JSON")
+    sessions = commands.add_parser(
+        "sessions",
+        help="list, show, start or stop sessions of a session-mode launcher",
+        description="Talk to the session API of a launcher in session mode (its --listen).",
+    )
+    sessions.add_argument(
+        "action", nargs="?", default="list", choices=["list", "show", "start", "stop"]
+    )
+    sessions.add_argument("session", nargs="?", help="session id (show, stop) or JSON body (start)")
+    sessions.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        default=os.environ.get("AGENT_RUN_LISTEN", "127.0.0.1:7860"),
+        help="the launcher's session API (default: $AGENT_RUN_LISTEN, else 127.0.0.1:7860)",
+    )
+    sessions.add_argument("--json", action="store_true", help="print JSON")
     return parser
+
+
+def _session_api(args: argparse.Namespace) -> int:
+    import urllib.error
+    import urllib.request
+
+    base = f"http://{args.listen}/sessions"
+    method, url, body = "GET", base, None
+    if args.action in ("show", "stop"):
+        if not args.session:
+            raise UsageError(f"sessions {args.action} needs a session id")
+        url = f"{base}/{args.session}"
+        method = "DELETE" if args.action == "stop" else "GET"
+    elif args.action == "start":
+        body = (args.session or "{}").encode()
+        method = "POST"
+    request = urllib.request.Request(url, data=body, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            answer = json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        detail = json.loads(error.read() or b"{}").get("error", error.reason)
+        raise OperationFailed(f"session API at {args.listen}: {error.code} {detail}") from None
+    except OSError as error:
+        raise ConfigError(
+            f"no session API answers at {args.listen} ({error}); is a launcher in session mode "
+            "running there? (--listen)"
+        ) from None
+    if args.json or args.action != "list":
+        print(json.dumps(answer, indent=2))
+        return 0
+    rows = [("ID", "PID", "STATE", "VERSION", "START MS", "EXIT")]
+    for s in answer:
+        rows.append(
+            (s["id"], str(s["pid"]), s["state"], str(s["secrets_version"]), str(s["start_ms"]),
+             "-" if s["exit_code"] is None else str(s["exit_code"]))
+        )  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return 0
 
 
 def _uptime(started_at: float | None) -> str:
@@ -126,6 +183,8 @@ def format_status(status: dict[str, Any]) -> str:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "sessions":
+        return _session_api(args)
     path = control.choose(runtime_dir(args.store), args.name)
     if args.command == "status":
         answer = control.request(path, "status")
