@@ -191,7 +191,10 @@ def test_sessions_cli(cli: CLI, launch: Callable[..., Launcher], probe_dir: Path
     session_id = json.loads(started.stdout)["id"]
     listing = cli("sessions", "--listen", listen)
     assert session_id in listing.stdout and "running" in listing.stdout
-    assert json.loads(cli("sessions", "show", session_id, "--listen", listen).stdout)["id"] == session_id
+    assert (
+        json.loads(cli("sessions", "show", session_id, "--listen", listen).stdout)["id"]
+        == session_id
+    )
     assert cli("sessions", "stop", session_id, "--listen", listen).returncode == 0
     _wait_state(base, session_id, {"ended", "failed"})
     missing = cli("sessions", "show", "nope", "--listen", listen)
