@@ -176,3 +176,19 @@ def test_reload_command_reports_success_and_abort(
     failed = cli("reload")
     assert failed.returncode == 1
     assert "did not become ready" in failed.stderr
+
+
+def test_shutdown_during_drain_never_sends_a_second_term(
+    cli: CLI, launch: Callable[..., Launcher], probe_dir: Path
+) -> None:
+    """A worker still draining from a rollout gets no second TERM when the launcher stops."""
+    cli("secrets", "set", "prod", "N=1")
+    launcher = launch(
+        "--secrets", "prod", "--ready", "notify", str(PROBE), env={**NOTIFY, "PROBE_DRAIN": "1.5"}
+    )  # fmt: skip
+    (old,) = _ready_pids(launcher, 1)
+    cli("secrets", "set", "prod", "N=2")
+    launcher.wait_event("worker_stopping", pid=old)
+    launcher.signal(signal.SIGTERM)  # while the old worker is still draining
+    assert launcher.wait() == 0
+    assert len(read_reports(probe_dir)[old]["terms"]) == 1  # type: ignore[arg-type]
