@@ -33,8 +33,9 @@ def create_app(
     current: Callable[[], PoolStatus | None],
     metrics: Metrics,
     stopping: Callable[[], bool],
+    ready_when: Callable[[PoolStatus | None, bool], bool] = readiness,
 ) -> Any:
-    """The Starlette app serving the three endpoints."""
+    """The Starlette app serving the three endpoints (`ready_when` decides /readyz)."""
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response
@@ -58,7 +59,7 @@ def create_app(
 
     async def readyz(request: Request) -> Response:
         status = current()
-        ok = readiness(status, stopping())
+        ok = ready_when(status, stopping())
         body = {"ready": ok, "stopping": stopping(), **summary(status)}
         return JSONResponse(body, status_code=200 if ok else 503)
 

@@ -82,14 +82,19 @@ class WarmProcess:
         self.buffer = b""
 
     async def read_line(self) -> bytes:
+        """The next line from the process; EOFError when it is gone or was retired."""
         import anyio
 
         while b"\n" not in self.buffer:
-            await anyio.wait_readable(self.channel)
+            if self.channel.fileno() < 0:
+                raise EOFError  # retired (channel closed) while we were waiting
             try:
+                await anyio.wait_readable(self.channel)
                 chunk = self.channel.recv(4096)
             except BlockingIOError:
                 continue
+            except (anyio.ClosedResourceError, ValueError, OSError):
+                raise EOFError from None
             if not chunk:
                 raise EOFError
             self.buffer += chunk
@@ -97,8 +102,17 @@ class WarmProcess:
         return line
 
     def retire(self) -> None:
-        """Close the channel: an idle process exits at once (it never got a session)."""
-        self.channel.close()
+        """Close the channel: an idle process exits at once (it never got a session).
+
+        A task may be waiting on this socket (the process is still importing the agent):
+        notify_closing wakes it first. Closing under it would leave the event loop watching
+        a file descriptor number that the next socketpair reuses.
+        """
+        import anyio
+
+        if self.channel.fileno() >= 0:
+            anyio.notify_closing(self.channel)
+            self.channel.close()
 
 
 class Session:
@@ -151,6 +165,7 @@ class SessionRuntime:
         self.by_pid: dict[int, Any] = {}
         self.draining = False
         self._counter = 0
+        self.metrics: Any = None  # set when --health is given
         self._tg: Any = None
         self._reload_lock: Any = None
 
@@ -279,6 +294,8 @@ class SessionRuntime:
         session.state = "running"
         session.started_at = time.time()
         session.start_ms = round((time.perf_counter() - requested) * 1000, 3)
+        if self.metrics is not None:
+            self.metrics.session_started(session.start_ms / 1000)
         self.log(
             "session_started",
             session=session.id,
@@ -317,6 +334,7 @@ class SessionRuntime:
             worker.kill_group()
             for session in self.sessions.values():
                 if session.pid == pid and session.ended_at is None:
+                    session.process.retire()  # its channel: one socket per session, not leaked
                     session.exit_code = worker.exit_code
                     session.ended_at = time.time()
                     failed = worker.exit_code != 0 and session.state != "stopping"
@@ -331,8 +349,30 @@ class SessionRuntime:
             for warm in list(self.idle):
                 if warm.worker.pid == pid:
                     self.idle.remove(warm)
-                    warm.channel.close()
+                    warm.retire()
                     self.refill()
+
+    def status(self) -> Any:
+        """The warm processes as a PoolStatus, for /healthz and /metrics."""
+        from launcher.status import PoolStatus, WorkerState, WorkerStatus
+
+        workers = tuple(
+            WorkerStatus(
+                slot=index,
+                pid=warm.worker.pid,
+                state=WorkerState.READY if warm.ready else WorkerState.STARTING,
+                version=warm.version,
+                started_at=warm.worker.started_at,
+            )
+            for index, warm in enumerate(self.idle)
+        )
+        return PoolStatus(
+            name=self.plan.name,
+            pid=os.getpid(),
+            secret_set=self.config.secret_set,
+            version=self.layers.secrets_version,
+            workers=workers,
+        )
 
     def live(self) -> list[Any]:
         return [w for w in self.by_pid.values() if w.alive]
@@ -445,6 +485,9 @@ def serve(plan: Any, entry: tuple[str, str, str]) -> int:
     config = plan.config
     host, port = parse_host_port(config.listen, "--listen")
     listener = bind(host, port, "--listen")
+    health = None
+    if config.health:
+        health = bind(*parse_host_port(config.health, "--health"), "--health")
     signals.install_early()
     from launcher import process
 
@@ -454,13 +497,13 @@ def serve(plan: Any, entry: tuple[str, str, str]) -> int:
     import anyio
 
     try:
-        return anyio.run(_main, plan, entry, masker, notify, listener)
+        return anyio.run(_main, plan, entry, masker, notify, listener, health)
     finally:
         notify.close()
 
 
 async def _main(
-    plan: Any, entry: tuple[str, str, str], masker: Any, notify: Any, listener: Any
+    plan: Any, entry: tuple[str, str, str], masker: Any, notify: Any, listener: Any, health: Any
 ) -> int:
     import anyio
 
@@ -486,6 +529,20 @@ async def _main(
 
         if plan.config.watch and plan.watch_dir is not None and plan.fingerprint is not None:
             tg.start_soon(_refresh_on_change, plan, runtime)
+        if health is not None:
+            from launcher.health import create_app as create_health_app
+            from launcher.metrics import Metrics
+
+            runtime.metrics = Metrics(runtime.status, sessions_active=runtime.active)
+            app = create_health_app(
+                runtime.status,
+                runtime.metrics,
+                lambda: runtime.draining,
+                # Ready while sessions are accepted: a cold start still serves one.
+                ready_when=lambda status, stopping: not stopping,
+            )
+            health_address = await tg.start(serve_asgi, app, health)
+            log("health_listening", address=f"{health_address[0]}:{health_address[1]}")
 
         async def shut_down() -> None:
             await runtime.shutdown(force)

@@ -33,8 +33,10 @@ def _request(
         return error.code, dict(error.headers), json.loads(error.read())
 
 
-def _serve(launch: Callable[..., Launcher], *args: str) -> tuple[Launcher, str]:
-    launcher = launch("--listen", "127.0.0.1:0", *args)
+def _serve(
+    launch: Callable[..., Launcher], *args: str, env: dict[str, str] | None = None
+) -> tuple[Launcher, str]:
+    launcher = launch("--listen", "127.0.0.1:0", *args, env=env)
     address = launcher.wait_event("sessions_listening")["address"]
     return launcher, f"http://{address}"
 
@@ -201,3 +203,46 @@ def test_sessions_cli(cli: CLI, launch: Callable[..., Launcher], probe_dir: Path
     assert missing.returncode == 1 and "404" in missing.stderr
     nobody = cli("sessions", "--listen", "127.0.0.1:1")
     assert nobody.returncode == 78
+
+
+def test_health_and_metrics_in_session_mode(
+    launch: Callable[..., Launcher], probe_dir: Path
+) -> None:
+    """--health in session mode: /readyz while accepting, session counters and start latency."""
+    launcher = launch(
+        "--listen", "127.0.0.1:0", "--health", "127.0.0.1:0", "--drain-timeout", "0.5", str(SESSION_PROBE)
+    )  # fmt: skip
+    api = launcher.wait_event("sessions_listening")["address"]
+    health = launcher.wait_event("health_listening")["address"]
+    for _ in range(3):
+        code, _, _created = _request("POST", f"http://{api}/sessions", b'{"seconds": 5}')
+        assert code == 201
+    ready = urllib.request.urlopen(f"http://{health}/readyz", timeout=10)
+    assert ready.status == 200
+    ready.close()
+    with urllib.request.urlopen(f"http://{health}/metrics", timeout=10) as response:
+        metrics = response.read().decode()
+    assert "agent_run_sessions_total 3.0" in metrics
+    assert "agent_run_sessions_active 3.0" in metrics
+    assert "agent_run_session_start_seconds_count 3.0" in metrics
+
+
+def test_update_while_processes_are_warming(
+    cli: CLI, launch: Callable[..., Launcher], probe_dir: Path
+) -> None:
+    """Updates that retire processes still importing the agent neither crash nor serve stale."""
+    cli("secrets", "set", "prod", "VALUE=v0")
+    _launcher, base = _serve(
+        launch,
+        "--secrets",
+        "prod",
+        "--idle",
+        "2",
+        str(SESSION_PROBE),
+        env={"PROBE_IMPORT_SECONDS": "0.3"},
+    )
+    for round_ in range(1, 6):
+        cli("secrets", "set", "prod", f"VALUE=v{round_}")  # retires the processes now warming
+        code, _, created = _request("POST", f"{base}/sessions", b"{}")
+        assert code == 201 and isinstance(created, dict), created
+        assert _report(probe_dir, str(created["id"]))["value"] == f"v{round_}"

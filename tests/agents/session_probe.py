@@ -10,6 +10,7 @@ import time
 
 with open(os.path.join(os.environ["PROBE_DIR"], "imports"), "a") as stream:
     stream.write(f"{os.getpid()}\n")
+time.sleep(float(os.environ.get("PROBE_IMPORT_SECONDS", "0")))  # a heavy import / model load
 
 
 async def bot(runner_args) -> None:
