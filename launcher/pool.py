@@ -21,7 +21,7 @@ import anyio.abc
 from launcher import policy
 from launcher.config import RestartPolicy, RunConfig
 from launcher.environment import EnvironmentLayers
-from launcher.process import Worker, WorkerFactory
+from launcher.process import Worker, WorkerFactory, exited_children
 from launcher.readiness import ReadySpec, probe_until_ready
 from launcher.status import PoolStatus, RolloutStatus, WorkerState, WorkerStatus
 
@@ -333,13 +333,7 @@ class Pool:
 
     def reap(self) -> None:
         """Collect every exited child: workers by pid, orphaned grandchildren too."""
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        for pid, status in exited_children():
             worker = self.by_pid.pop(pid, None)
             if worker is None:
                 continue  # an orphan re-parented to us: reaped, nothing else to do

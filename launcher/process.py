@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from launcher.output import Masker, Relay
@@ -51,6 +51,23 @@ def become_subreaper() -> bool:
         return _prctl()(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False
+
+
+def exited_children() -> Iterator[tuple[int, int]]:
+    """(pid, wait status) of every child that has exited, without blocking.
+
+    The one `waitpid(-1)` loop of the launcher: workers and orphaned grandchildren (which a
+    subreaper inherits) are collected here; callers dispatch by pid, so a worker's status
+    is never taken by anyone else.
+    """
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        yield pid, status
 
 
 def exit_code(status: int) -> int:

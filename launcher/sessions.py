@@ -320,13 +320,10 @@ class SessionRuntime:
             session.process.worker.kill_group()
 
     def reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        """Collect exited children; end their sessions or replace their idle processes."""
+        from launcher.process import exited_children
+
+        for pid, status in exited_children():
             worker = self.by_pid.pop(pid, None)
             if worker is None:
                 continue
