@@ -1,7 +1,8 @@
 """Launch benchmark: time to an agent's first output line, and masking throughput.
 
 Run: python bench/launch.py
-- first line: `python bot.py` vs `agent-run --secrets S bot.py` (20 secrets), same run;
+- first line: `python bot.py` vs `agent-run --secrets S bot.py` (20 secrets), same run, and a
+  minimal Python launcher (imports, spawn, relay; no logic) as the floor of the design;
 - relay: MB/s of worker output through agent-run with 100 secrets masked, beside --no-mask.
 """
 
@@ -24,6 +25,24 @@ from launcher.keys import MasterKey  # noqa: E402
 from launcher.store import Store  # noqa: E402
 
 RUNS = 30
+# The least a Python launcher can do on this path: import what spawning, relaying and
+# decrypting need (no logic of ours), fork/exec the bot with a parent-death signal, relay
+# its output from a thread. Measured beside agent-run as the floor of the design.
+FLOOR = """
+import os, sys, json, socket, subprocess, threading, select, base64, signal, struct, ctypes
+from cryptography.hazmat.bindings._rust import openssl
+import ahocorasick_rs
+libc = ctypes.CDLL(None)
+r, w = os.pipe()
+proc = subprocess.Popen([sys.executable, sys.argv[1]], stdout=w, process_group=0,
+                        preexec_fn=lambda: libc.prctl(1, 9, 0, 0, 0))
+os.close(w)
+def relay():
+    while data := os.read(r, 65536):
+        os.write(1, data)
+threading.Thread(target=relay, daemon=True).start()
+proc.wait()
+"""
 BOT = "print('agent up', flush=True)\nimport time\ntime.sleep(30)\n"
 CHATTY = (
     "import sys\n"
@@ -84,10 +103,16 @@ def main() -> None:
             first_line_ms([agent_run, "--secrets", "s20", "--no-watch", str(bot)], env)
             for _ in range(RUNS)
         ]
+        floor_script = Path(tmp) / "floor.py"
+        floor_script.write_text(FLOOR)
+        floor = [
+            first_line_ms([sys.executable, str(floor_script), str(bot)], env) for _ in range(RUNS)
+        ]
         base = statistics.median(plain)
         print(f"{'time to first line':<44}{'median ms':>10}{'p90 ms':>9}{'ratio':>8}")
         for label, times in (
             ("python bot.py", plain),
+            ("minimal Python launcher (the floor)", floor),
             ("agent-run --secrets S bot.py (20 secrets)", launched),
         ):
             median = statistics.median(times)

@@ -256,3 +256,39 @@ def test_help_documents_every_option(cli: CLI) -> None:
                  "--port-base", "--health", "--log-format", "--no-mask", "--no-watch"):  # fmt: skip
         assert flag in text
     assert "default: 3600.0" in text and "AGENT_RUN_DRAIN_TIMEOUT" in text
+
+
+def test_workers_get_a_pty_when_the_launcher_runs_on_a_terminal(cli: CLI) -> None:
+    """On a terminal, the worker sees a tty (colours survive) and its output is still masked."""
+    import pty
+    import select as select_module
+
+    cli("secrets", "set", "prod", "PROBE_SECRET_TTY=tty-secret-value-123")
+    script = (
+        "import os, sys; "
+        "print('isatty', sys.stdout.isatty(), os.environ['PROBE_SECRET_TTY'], flush=True)"
+    )
+    argv = cli.argv("--secrets", "prod", "--restart", "never", "--", sys.executable, "-c", script)
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: agent-run with the pty as its terminal
+        os.chdir(cli.cwd)
+        os.execve(argv[0], list(argv), cli.env)
+    output = b""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        ready, _, _ = select_module.select([fd], [], [], 1)
+        if not ready:
+            continue
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # EIO: the launcher exited and closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, output
+    text = output.decode(errors="replace")
+    assert "isatty True ***" in text
+    assert "tty-secret-value-123" not in text
