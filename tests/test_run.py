@@ -292,3 +292,23 @@ def test_workers_get_a_pty_when_the_launcher_runs_on_a_terminal(cli: CLI) -> Non
     text = output.decode(errors="replace")
     assert "isatty True ***" in text
     assert "tty-secret-value-123" not in text
+
+
+def test_dev_mode_restarts_on_code_change(
+    launch: Callable[..., Launcher], probe_dir: Path, tmp_path: Path
+) -> None:
+    """`agent-run dev bot.py` replaces the worker when a .py file next to it changes."""
+    app = tmp_path / "app"
+    app.mkdir()
+    bot = app / "bot.py"
+    bot.write_text(PROBE.read_text())
+    launcher = launch("dev", "--log-format", "json", "--ready-delay", "0.1", str(bot))
+    first = launcher.wait_event("worker_ready")["pid"]
+    deadline = time.monotonic() + 30
+    while not [e for e in launcher.events if e.get("event") == "code_changed"]:
+        assert time.monotonic() < deadline, "no code change seen"
+        (app / "helper.py").write_text(f"X = {time.monotonic()}\n")  # until the watch is up
+        time.sleep(0.2)
+    launcher.wait_event("rollout_succeeded")
+    second = launcher.wait_event("worker_ready")["pid"]
+    assert second != first
