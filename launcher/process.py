@@ -155,8 +155,12 @@ def spawn(
     use_pty: bool = False,
     inherit_stdin: bool = False,
     on_line: Callable[[bytes], None] | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> Worker:
-    """Start one worker. With a masker, its output is relayed masked; without, it is inherited."""
+    """Start one worker. With a masker, its output is relayed masked; without, it is inherited.
+
+    `pass_fds` stay open in the child (session mode's private channel).
+    """
     _prctl()  # load libc in the parent: the child must not import anything between fork/exec
     stdin = None if inherit_stdin else subprocess.DEVNULL
     routes: dict[int, int] = {}
@@ -185,6 +189,7 @@ def spawn(
             process_group=0,
             preexec_fn=_die_with(os.getpid()),
             close_fds=True,
+            pass_fds=tuple(pass_fds),
         )
     except OSError:
         for fd in [*child_fds, *routes]:

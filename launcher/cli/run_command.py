@@ -219,6 +219,39 @@ OPTIONS: tuple[Option, ...] = (
         "FORMAT",
     ),
     Option(
+        "--listen",
+        "listen",
+        str,
+        "127.0.0.1:7860",
+        "session mode: serve the session API (POST /sessions ...) on HOST:PORT",
+        "HOST:PORT",
+    ),
+    Option(
+        "--idle",
+        "idle",
+        _non_negative_int,
+        1,
+        "session mode: processes kept pre-warmed (agent imported) waiting for a session",
+        "N",
+    ),
+    Option(
+        "--max-sessions",
+        "max_sessions",
+        _positive_int,
+        None,
+        "session mode: sessions at once; more are answered 429 with Retry-After",
+        "N",
+    ),
+    Option(
+        "--entrypoint",
+        "entrypoint",
+        str,
+        None,
+        "session mode with this function: MODULE:FUNC, FILE.py:FUNC or FUNC in the target "
+        "(default: session mode when the target defines bot())",
+        "MODULE:FUNC",
+    ),
+    Option(
         "--no-mask",
         "no_mask",
         None,
@@ -552,7 +585,16 @@ def build_plan(config: RunConfig) -> Any:
 def main(argv: list[str]) -> int:
     dev = bool(argv) and argv[0] == "dev"
     config = build_config(argv[1:] if dev else argv, dev)
+    entry = None
+    if config.target.is_python or config.entrypoint:
+        from launcher.entrypoint import find_entrypoint
+
+        entry = find_entrypoint(config.target, config.entrypoint)
     plan = build_plan(config)
+    if entry is not None:
+        from launcher.sessions import serve
+
+        return serve(plan, entry)
     from launcher.supervisor import run
 
     return run(plan)
