@@ -1,0 +1,271 @@
+"""Session mode end to end: a real launcher, real session processes, real HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import CLI, Launcher
+
+AGENT = Path(__file__).parent / "agents" / "session_agent.py"
+DEADLINE = 30.0
+
+
+def running(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def sha(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+class Server:
+    """A launcher in session mode and an HTTP client for its API."""
+
+    def __init__(self, launcher: Launcher, directory: Path) -> None:
+        self.launcher = launcher
+        self.dir = directory
+        event = launcher.wait_event("sessions_listening")
+        self.url = f"http://{event['address']}"
+        self.http = httpx.Client(base_url=self.url, timeout=DEADLINE)
+
+    def post(self, body: Any = None, content: bytes | None = None) -> httpx.Response:
+        if content is not None:
+            return self.http.post("/sessions", content=content)
+        return self.http.post("/sessions", json=body if body is not None else {})
+
+    def file(self, name: str) -> dict[str, Any]:
+        path = self.dir / name
+        deadline = time.monotonic() + DEADLINE
+        while not path.exists():
+            assert time.monotonic() < deadline, f"{name} never appeared"
+            time.sleep(0.005)
+        data = json.loads(path.read_text())
+        assert isinstance(data, dict)
+        return data
+
+    def imported(self, count: int) -> list[int]:
+        """Pids of processes that imported the agent, once at least `count` have."""
+        deadline = time.monotonic() + DEADLINE
+        while len(pids := sorted(int(p.name[7:]) for p in self.dir.glob("import-*"))) < count:
+            assert time.monotonic() < deadline, f"only {len(pids)} imports, wanted {count}"
+            time.sleep(0.01)
+        return pids
+
+    def session_pids(self) -> list[int]:
+        pids = [int(json.loads(p.read_text())["pid"]) for p in self.dir.glob("*.json")]
+        children = [
+            int(c) for p in self.dir.glob("*.json") if (c := json.loads(p.read_text()).get("child"))
+        ]
+        return pids + children
+
+
+@pytest.fixture
+def serve(
+    launch: Callable[..., Launcher], cli: CLI, tmp_path: Path
+) -> Iterator[Callable[..., Server]]:
+    """Start `agent-run --secrets demo --listen 127.0.0.1:0 ARGS session_agent.py`."""
+    directory = tmp_path / "sessions"
+    directory.mkdir()
+    assert cli("secrets", "set", "demo", "DEMO_API_KEY=value-1").returncode == 0
+    servers: list[Server] = []
+
+    def start(*args: str, target: str = str(AGENT), env: dict[str, str] | None = None) -> Server:
+        launcher = launch(
+            "--secrets",
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            *args,
+            target,
+            env={"SESSION_DIR": str(directory), **(env or {})},
+        )
+        server = Server(launcher, directory)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.http.close()
+
+
+def test_warm_processes_serve_one_session_each(serve: Callable[..., Server]) -> None:
+    """--idle processes import the agent before any session; each session takes one, which exits after."""
+    server = serve("--idle", "2")
+    warm = server.imported(2)
+    first = server.post({"room": "a"})
+    assert first.status_code == 201, first.text
+    answer = first.json()
+    assert answer["pid"] in warm and answer["warm"] is True
+    assert answer["secrets_version"] == 1 and answer["state"] == "running"
+    report = server.file(f"{answer['id']}.json")
+    assert report["body"] == {"room": "a"} and report["pid"] == answer["pid"]
+    assert report["key_sha256"] == sha("value-1")
+    ended = server.launcher.wait_event("session_ended", session=answer["id"])
+    assert ended["code"] == 0 and ended["outcome"] == "ended"
+    assert server.http.get(f"/sessions/{answer['id']}").json()["exit_code"] == 0
+    assert not running(answer["pid"])
+    second = server.post({"room": "b"}).json()
+    assert second["pid"] != answer["pid"]  # one process per session
+    pids = server.imported(3)  # the pool refilled as sessions took processes
+    assert server.launcher.proc.pid not in pids  # detection never imported the agent
+    listed = [s["id"] for s in server.http.get("/sessions").json()["sessions"]]
+    assert listed == [answer["id"], second["id"]]
+
+
+def test_api_errors(serve: Callable[..., Server]) -> None:
+    """Invalid JSON is a 400 that says why; an unknown session is a 404."""
+    server = serve("--idle", "1")
+    bad = server.post(content=b'{"room": ')
+    assert bad.status_code == 400
+    assert "not valid JSON" in bad.json()["error"] and "column" in bad.json()["error"]
+    assert server.http.get("/sessions/nope").status_code == 404
+    assert server.http.delete("/sessions/nope").status_code == 404
+    empty = server.post(content=b"")
+    assert empty.status_code == 201 and server.file(f"{empty.json()['id']}.json")["body"] == {}
+
+
+def test_max_sessions_and_delete(serve: Callable[..., Server]) -> None:
+    """At --max-sessions a start gets 429 with Retry-After; DELETE stops a session and frees its place."""
+    server = serve("--idle", "1", "--max-sessions", "1")
+    first = server.post({"seconds": 600}).json()
+    full = server.post({})
+    assert full.status_code == 429 and full.headers["Retry-After"] == "1"
+    assert "max-sessions" in full.json()["error"]
+    server.file(f"{first['id']}.json")
+    stopping = server.http.delete(f"/sessions/{first['id']}")
+    assert stopping.status_code == 202 and stopping.json()["state"] == "stopping"
+    ended = server.launcher.wait_event("session_ended", session=first["id"])
+    assert ended["outcome"] == "stopped"
+    assert server.file(f"{first['id']}.end") == {"outcome": "cancelled"}
+    assert server.http.get(f"/sessions/{first['id']}").json()["state"] == "stopped"
+    assert server.post({}).status_code == 201
+
+
+def test_failed_session_is_reported(serve: Callable[..., Server]) -> None:
+    """A session whose entrypoint raises ends `failed` with exit code 1."""
+    server = serve("--idle", "1")
+    answer = server.post({"fail": True}).json()
+    ended = server.launcher.wait_event("session_ended", session=answer["id"])
+    assert ended["outcome"] == "failed" and ended["code"] == 1
+    assert server.http.get(f"/sessions/{answer['id']}").json()["state"] == "failed"
+
+
+def test_sync_entrypoint_option(serve: Callable[..., Server]) -> None:
+    """--entrypoint selects another function, here a plain def."""
+    server = serve("--idle", "1", "--entrypoint", "sync_bot")
+    answer = server.post({"x": 1}).json()
+    assert server.file(f"{answer['id']}.json")["kind"] == "sync"
+
+
+def test_secret_values_are_masked(serve: Callable[..., Server]) -> None:
+    """A session printing its secret reaches the launcher's output as ***."""
+    server = serve("--idle", "1")
+    answer = server.post({"print_secret": True}).json()
+    server.launcher.wait_event("session_ended", session=answer["id"])
+    server.launcher.stop()
+    assert "the key is ***" in server.launcher.output()
+    assert "value-1" not in server.launcher.output()
+
+
+@pytest.mark.slow
+def test_read_after_write_50_rounds(serve: Callable[..., Server], cli: CLI) -> None:
+    """50 times: `secrets set` returns, a session starts at once, and it sees the new value.
+
+    The file watch is off, so the guarantee comes from the check at dispatch alone; a session
+    started before the updates finishes on the values it started with."""
+    server = serve("--idle", "1", "--no-watch", env={"SESSION_DIR_UNUSED": ""})
+    busy = server.post({"seconds": 600}).json()
+    assert server.file(f"{busy['id']}.json")["key_sha256"] == sha("value-1")
+    for round_ in range(2, 52):
+        value = f"value-{round_}"
+        assert cli("secrets", "set", "demo", f"DEMO_API_KEY={value}").returncode == 0
+        answer = server.post({"round": round_}).json()
+        assert answer["secrets_version"] == round_
+        report = server.file(f"{answer['id']}.json")
+        assert (report["version"], report["key_sha256"]) == (str(round_), sha(value)), round_
+    still = server.http.get(f"/sessions/{busy['id']}").json()
+    assert still["state"] == "running" and still["secrets_version"] == 1
+    assert running(busy["pid"])
+
+
+def test_watch_refreshes_idle_processes(serve: Callable[..., Server], cli: CLI) -> None:
+    """With the watch on, a new version replaces the idle processes before the next session."""
+    server = serve("--idle", "1")
+    server.imported(1)
+    assert cli("secrets", "set", "demo", "DEMO_API_KEY=value-2").returncode == 0
+    updated = server.launcher.wait_event("sessions_secrets_updated")
+    assert updated["to_version"] == 2 and updated["retired_idle"] == 1
+    server.imported(2)
+    answer = server.post({}).json()
+    assert server.file(f"{answer['id']}.json")["key_sha256"] == sha("value-2")
+
+
+def test_term_drains_then_exits_without_leftovers(serve: Callable[..., Server]) -> None:
+    """TERM: new sessions get 503, a running one finishes, then the launcher exits 0 and no process is left."""
+    server = serve("--idle", "2")
+    answer = server.post({"seconds": 2, "child": True}).json()
+    server.file(f"{answer['id']}.json")
+    server.launcher.signal(signal.SIGTERM)
+    server.launcher.wait_event("sessions_draining")
+    refused = server.post({})
+    assert refused.status_code == 503 and "draining" in refused.json()["error"]
+    assert server.launcher.wait(timeout=DEADLINE) == 0
+    assert server.file(f"{answer['id']}.end") == {"outcome": "returned"}
+    leftovers = [p for p in server.imported(2) + server.session_pids() if running(p)]
+    assert leftovers == []
+
+
+def test_drain_timeout_stops_sessions(serve: Callable[..., Server]) -> None:
+    """After --drain-timeout a session gets the stop signal, then its process group goes."""
+    server = serve("--idle", "1", "--drain-timeout", "0.5")
+    answers = [server.post({"seconds": 600, "child": True}).json() for _ in range(2)]
+    for answer in answers:
+        server.file(f"{answer['id']}.json")
+    server.launcher.signal(signal.SIGTERM)
+    assert server.launcher.wait(timeout=DEADLINE) == 0
+    for answer in answers:
+        assert server.file(f"{answer['id']}.end") == {"outcome": "cancelled"}
+    leftovers = [p for p in server.imported(2) + server.session_pids() if running(p)]
+    assert leftovers == []
+
+
+def test_sessions_cli(serve: Callable[..., Server], cli: CLI) -> None:
+    """`agent-run sessions start|list|show|stop` drive the running launcher."""
+    server = serve("--idle", "1")
+    server.imported(1)
+    started = cli("sessions", "start", "--body", '{"seconds": 600}', "--json")
+    assert started.returncode == 0, started.stderr
+    session = json.loads(started.stdout)
+    assert server.file(f"{session['id']}.json")["body"] == {"seconds": 600}
+    listing = cli("sessions")
+    assert session["id"] in listing.stdout and "running" in listing.stdout
+    shown = cli("sessions", "show", session["id"], "--json")
+    assert json.loads(shown.stdout)["pid"] == session["pid"]
+    stopped = cli("sessions", "stop", session["id"])
+    assert stopped.returncode == 0 and "stopping" in stopped.stdout
+    server.launcher.wait_event("session_ended", session=session["id"])
+    missing = cli("sessions", "show", "nope")
+    assert missing.returncode == 1 and "no session 'nope'" in missing.stderr
+    bad = cli("sessions", "start", "--body", "{")
+    assert bad.returncode == 65 and "--body is not valid JSON" in bad.stderr
+
+
+def test_plain_script_keeps_worker_mode(launch: Callable[..., Launcher], probe_dir: Path) -> None:
+    """A script without bot() still runs as a worker pool."""
+    launcher = launch("--ready-delay", "0", str(Path(__file__).parent / "agents" / "probe.py"))
+    launcher.wait_event("worker_ready")
+    assert not any(e.get("event") == "sessions_listening" for e in launcher.events)
