@@ -47,7 +47,9 @@ def test_plain_script_and_command_keep_worker_mode(tmp_path: Path) -> None:
     assert find_entrypoint(Target(TargetKind.COMMAND, "node", ("bot.js",)), None) is None
 
 
-def test_detection_does_not_run_module_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_detection_does_not_run_module_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Finding bot in `-m pkg.agent` neither runs the module nor its package's __init__."""
     package = tmp_path / "pkg"
     package.mkdir()

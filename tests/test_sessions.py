@@ -83,12 +83,20 @@ def serve(
     assert cli("secrets", "set", "demo", "DEMO_API_KEY=value-1").returncode == 0
     servers: list[Server] = []
 
-    def start(*args: str, target: str = str(AGENT), env: dict[str, str] | None = None) -> Server:
+    def start(
+        *args: str,
+        target: str = str(AGENT),
+        env: dict[str, str] | None = None,
+        watch: bool = False,
+    ) -> Server:
+        # The store watch is off unless a test is about it: read-after-write must hold
+        # without it, and stopping a watching launcher waits on watchfiles' thread.
         launcher = launch(
             "--secrets",
             "demo",
             "--listen",
             "127.0.0.1:0",
+            *(() if watch else ("--no-watch",)),
             *args,
             target,
             env={"SESSION_DIR": str(directory), **(env or {})},
@@ -187,7 +195,7 @@ def test_read_after_write_50_rounds(serve: Callable[..., Server], cli: CLI) -> N
 
     The file watch is off, so the guarantee comes from the check at dispatch alone; a session
     started before the updates finishes on the values it started with."""
-    server = serve("--idle", "1", "--no-watch", env={"SESSION_DIR_UNUSED": ""})
+    server = serve("--idle", "1")
     busy = server.post({"seconds": 600}).json()
     assert server.file(f"{busy['id']}.json")["key_sha256"] == sha("value-1")
     for round_ in range(2, 52):
@@ -200,11 +208,13 @@ def test_read_after_write_50_rounds(serve: Callable[..., Server], cli: CLI) -> N
     still = server.http.get(f"/sessions/{busy['id']}").json()
     assert still["state"] == "running" and still["secrets_version"] == 1
     assert running(busy["pid"])
+    server.http.delete(f"/sessions/{busy['id']}")
+    server.launcher.wait_event("session_ended", session=busy["id"])
 
 
 def test_watch_refreshes_idle_processes(serve: Callable[..., Server], cli: CLI) -> None:
     """With the watch on, a new version replaces the idle processes before the next session."""
-    server = serve("--idle", "1")
+    server = serve("--idle", "1", watch=True)
     server.imported(1)
     assert cli("secrets", "set", "demo", "DEMO_API_KEY=value-2").returncode == 0
     updated = server.launcher.wait_event("sessions_secrets_updated")
