@@ -103,7 +103,7 @@ def test_entrypoint_option_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         find_entrypoint(target, "nope")
     with pytest.raises(UsageError, match="is not MODULE:FUNCTION"):
         find_entrypoint(target, "agent:not-a-name")
-    with pytest.raises(InvalidInput, match="missing.py does not exist"):
+    with pytest.raises(InvalidInput, match=r"missing\.py does not exist"):
         find_entrypoint(target, "missing.py:bot")
     with pytest.raises(UsageError, match="no module 'nomod'"):
         find_entrypoint(target, "nomod:bot")
