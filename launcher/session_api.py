@@ -52,6 +52,7 @@ def parse_body(raw: bytes) -> Any:
 
 def create_app(runtime: SessionRuntime) -> Any:
     from starlette.applications import Starlette
+    from starlette.background import BackgroundTask
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
@@ -60,13 +61,16 @@ def create_app(runtime: SessionRuntime) -> Any:
         return JSONResponse({"error": message}, status_code=status, headers=headers)
 
     async def start(request: Request) -> Response:
+        refill = BackgroundTask(runtime.after_start)  # after the answer is sent
         try:
             runtime.admit()
             body = parse_body(await request.body())
             session = await runtime.start(body)
         except Refused as refused:
-            return error(refused.status, refused.message, refused.headers)
-        return JSONResponse(session.as_dict(), status_code=201)
+            response = error(refused.status, refused.message, refused.headers)
+            response.background = refill
+            return response
+        return JSONResponse(session.as_dict(), status_code=201, background=refill)
 
     async def listing(request: Request) -> Response:
         return JSONResponse({"sessions": runtime.list_sessions()})

@@ -227,6 +227,13 @@ class SessionRuntime:
         )
         return session
 
+    async def after_start(self) -> None:
+        """Refill the warm pool; called once the start has been answered, so that the fork
+        of the replacement does not delay the answer. Async on purpose: Starlette runs a sync
+        background task in a thread, and processes are only spawned on the main thread
+        (PR_SET_PDEATHSIG is tied to the forking thread)."""
+        self.pool.refill()
+
     def _remember(self, session: Session) -> None:
         self.sessions[session.id] = session
         if len(self.sessions) > KEEP_ENDED:
@@ -400,6 +407,8 @@ class SessionRuntime:
                 started = await self.start(request.get("body", {}))
             except Refused as refused:
                 return {"ok": False, "error": refused.message, "status": refused.status}
+            finally:
+                await self.after_start()
             return {"ok": True, "session": started.as_dict()}
         session = self.sessions.get(str(request.get("id")))
         if session is None:

@@ -242,7 +242,9 @@ class WarmPool:
         for warm in self.idle:
             if warm.ready.is_set() and not warm.closed.is_set():
                 self.idle.remove(warm)
-                self.refill()
+                # No refill here: a fork costs the event loop a few ms, which the session
+                # being handed out must not wait for. The caller refills once it has
+                # answered (SessionRuntime.after_start).
                 return warm
         return None
 
