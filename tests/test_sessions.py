@@ -279,3 +279,18 @@ def test_plain_script_keeps_worker_mode(launch: Callable[..., Launcher], probe_d
     launcher = launch("--ready-delay", "0", str(Path(__file__).parent / "agents" / "probe.py"))
     launcher.wait_event("worker_ready")
     assert not any(e.get("event") == "sessions_listening" for e in launcher.events)
+
+
+def test_health_and_metrics_in_session_mode(serve: Callable[..., Server]) -> None:
+    """--health: /readyz is 200 once the agent imported; /metrics counts sessions and start latency."""
+    server = serve("--idle", "1", "--health", "127.0.0.1:0")
+    health = f"http://{server.launcher.wait_event('health_listening')['address']}"
+    server.imported(1)
+    server.post({})
+    deadline = time.monotonic() + DEADLINE
+    while httpx.get(f"{health}/readyz").status_code != 200:
+        assert time.monotonic() < deadline, "never ready"
+        time.sleep(0.02)
+    metrics = httpx.get(f"{health}/metrics").text
+    assert "agent_run_sessions_total 1.0" in metrics
+    assert "agent_run_session_start_seconds_count 1.0" in metrics
