@@ -50,6 +50,8 @@ class Runtime:
     """`agent-run ... sample_agents/session_bot.py` in session mode."""
 
     def __init__(self, env: dict[str, str], reports: Path, *args: str) -> None:
+        import atexit
+
         self.reports = reports
         self.proc = subprocess.Popen(
             [
@@ -71,6 +73,7 @@ class Runtime:
             text=True,
             cwd=ROOT,
         )
+        atexit.register(self._kill)  # a failed run must not leave a launcher behind
         assert self.proc.stderr is not None
         self.events: list[dict[str, Any]] = []
         address = None
@@ -117,6 +120,12 @@ class Runtime:
         return seen | {
             int(e["pid"]) for e in self.events if "pid" in e and isinstance(e["pid"], int)
         }
+
+    def _kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            self.proc.send_signal(signal.SIGINT)  # the second one: no drain
+            self.proc.wait(timeout=30)
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
