@@ -1,195 +1,259 @@
-"""Session-mode benchmark: start latency warm and cold, sustained starts, read-after-write.
+"""Session mode benchmark: session start latency, throughput, read-after-write, leftovers.
 
-Run: python bench/sessions.py
-- warm: POST /sessions with --idle 2 (request -> entrypoint running: the POST answers once
-  the runtime reports the entrypoint called), p50/p99 over WARM_RUNS sessions;
-- cold: the same with --idle 0 (a process is started and imports the agent per request);
-- sustained: CLIENTS threads starting short sessions for SUSTAIN_S seconds;
-- read-after-write: RAW_ROUNDS x (`secrets set` returns -> POST): sessions that saw an
-  older value are counted as stale;
-- leaks: processes of the launcher still alive after TERM;
-- baseline: `python sample_agents/session_bot.py` from scratch, in the same run.
+Run: python bench/sessions.py [--rounds 200] [--warm 200] [--cold 30] [--seconds 5]
+
+All against sample_agents/session_bot.py (its "model load" takes SESSION_BOT_LOAD_S, 0.2 s):
+- baseline: `python sample_agents/session_bot.py` from scratch to exit, in the same run;
+- warm start: POST /sessions -> the entrypoint running (the bot's own clock at entry), with
+  --idle 8 and requests paced so a warm process is waiting; also the HTTP round trip;
+- cold start: the same with --idle 0 (a process is started per request);
+- sustained: sessions started back to back for --seconds, with --idle 8;
+- read-after-write: --rounds times `agent-run secrets set` returns, then POST at once; the
+  session's report (version, hash of the key) must show the new value (stale = 0);
+- leftovers: after TERM, no process that ever served or waited for a session is alive.
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
+import hashlib
+import http.client
 import json
 import os
 import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 BOT = ROOT / "sample_agents" / "session_bot.py"
-WARM_RUNS = 200
-COLD_RUNS = 30
-CLIENTS = 4
-SUSTAIN_S = 10.0
-RAW_ROUNDS = 200
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def post(base: str, body: bytes = b"{}") -> dict[str, object]:
-    request = urllib.request.Request(f"{base}/sessions", data=body, method="POST")
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())  # type: ignore[no-any-return]
-
-
-def start_launcher(env: dict[str, str], idle: int, port: int) -> subprocess.Popen[bytes]:
-    agent_run = str(Path(sys.executable).parent / "agent-run")
-    proc = subprocess.Popen(
-        [agent_run, "--secrets", "demo", "--idle", str(idle), "--listen", f"127.0.0.1:{port}", str(BOT)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/sessions", timeout=1).close()
-            break
-        except OSError:
-            assert time.monotonic() < deadline, "session API did not come up"
-            time.sleep(0.05)
-    time.sleep(1.0)  # let the warm processes finish importing
-    return proc
-
-
-def children_of(pid: int) -> set[int]:
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.add(int(entry.name))
-    return found
-
-
-def stop(proc: subprocess.Popen[bytes]) -> int:
-    """TERM the launcher; return how many of its processes outlived it."""
-    children = children_of(proc.pid)
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=60)
-    alive = 0
-    for pid in children:
-        try:
-            os.kill(pid, 0)
-            alive += 1
-        except ProcessLookupError:
-            pass
-    return alive
-
-
-def latencies(base: str, runs: int, pause: float) -> list[float]:
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        post(base)
-        times.append((time.perf_counter() - start) * 1000)
-        time.sleep(pause)  # let the pool refill, as between real calls
-    return times
-
-
-def pct(values: list[float], q: float) -> float:
+def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-def main() -> None:
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "launcher")], check=True)
-    agent_run = str(Path(sys.executable).parent / "agent-run")
-    with tempfile.TemporaryDirectory() as tmp:
-        reports = Path(tmp) / "reports"
-        reports.mkdir()
-        env = {
-            **os.environ,
-            "AGENT_RUN_HOME": str(Path(tmp) / "store"),
-            "AGENT_RUN_MASTER_KEY": base64.b64encode(os.urandom(32)).decode(),
-            "AGENT_RUN_LOG_FORMAT": "json",
-            "SESSION_REPORT_DIR": str(reports),
+def summary(values: list[float]) -> str:
+    return (
+        f"p50 {percentile(values, 50):7.2f} ms  p99 {percentile(values, 99):7.2f} ms  "
+        f"(n={len(values)}, min {min(values):.2f}, max {max(values):.2f})"
+    )
+
+
+class Runtime:
+    """`agent-run ... sample_agents/session_bot.py` in session mode."""
+
+    def __init__(self, env: dict[str, str], reports: Path, *args: str) -> None:
+        import atexit
+
+        self.reports = reports
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "launcher",
+                "--secrets",
+                "bench",
+                "--listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+                *args,
+                str(BOT),
+            ],
+            env={**env, "SESSION_REPORT_DIR": str(reports)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        atexit.register(self._kill)  # a failed run must not leave a launcher behind
+        assert self.proc.stderr is not None
+        self.events: list[dict[str, Any]] = []
+        address = None
+        for line in self.proc.stderr:
+            event = json.loads(line) if line.startswith("{") else {}
+            if event.get("event") == "sessions_listening":
+                address = event["address"]
+                break
+        assert address, "the launcher did not start"
+        threading.Thread(target=self._drain, daemon=True).start()
+        host, port = address.rsplit(":", 1)
+        self.http = http.client.HTTPConnection(host, int(port), timeout=60)
+
+    def _drain(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            if line.startswith("{"):
+                self.events.append(json.loads(line))
+
+    def post(self, body: dict[str, Any]) -> tuple[dict[str, Any], float, float]:
+        """(answer, wall-clock send time, HTTP round trip in ms)."""
+        data = json.dumps(body).encode()
+        sent = time.time()
+        start = time.perf_counter()
+        self.http.request(
+            "POST", "/sessions", body=data, headers={"Content-Type": "application/json"}
+        )
+        response = self.http.getresponse()
+        payload = json.loads(response.read())
+        elapsed = (time.perf_counter() - start) * 1000
+        assert response.status == 201, payload
+        return payload, sent, elapsed
+
+    def report(self, session_id: str) -> dict[str, Any]:
+        path = self.reports / f"{session_id}.json"
+        deadline = time.monotonic() + 30
+        while not path.exists():
+            assert time.monotonic() < deadline, f"no report for {session_id}"
+            time.sleep(0.001)
+        return json.loads(path.read_text())
+
+    def pids(self) -> set[int]:
+        seen = {int(json.loads(p.read_text())["pid"]) for p in self.reports.glob("*.json")}
+        return seen | {
+            int(e["pid"]) for e in self.events if "pid" in e and isinstance(e["pid"], int)
         }
+
+    def _kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            self.proc.send_signal(signal.SIGINT)  # the second one: no drain
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=120)
+        self.http.close()
+        return code
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def start_latencies(
+    runtime: Runtime, count: int, pace: float
+) -> tuple[list[float], list[float], int]:
+    """(request -> entrypoint ms, HTTP round trip ms, how many were warm)."""
+    entry, rtt, warm = [], [], 0
+    for index in range(count):
+        answer, sent, elapsed = runtime.post({"i": index})
+        report = runtime.report(answer["id"])
+        entry.append((report["entered_at"] - sent) * 1000)
+        rtt.append(elapsed)
+        warm += bool(answer["warm"])
+        time.sleep(pace)
+    return entry, rtt, warm
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=200)
+    parser.add_argument("--warm", type=int, default=200)
+    parser.add_argument("--cold", type=int, default=30)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="agent-run-bench-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_RUN_")}
+    env.update(
+        AGENT_RUN_HOME=str(tmp / "store"),
+        AGENT_RUN_MASTER_KEY=base64.b64encode(os.urandom(32)).decode(),
+        PYTHONPATH=str(ROOT),
+    )
+
+    def secrets_set(value: str) -> None:
         subprocess.run(
-            [agent_run, "secrets", "set", "demo", "DEMO_API_KEY=v0"],
+            [sys.executable, "-m", "launcher", "secrets", "set", "bench", f"DEMO_API_KEY={value}"],
             env=env,
             check=True,
             capture_output=True,
+            cwd=ROOT,
         )
 
-        baseline = []
-        for _ in range(20):
-            start = time.perf_counter()
-            subprocess.run([sys.executable, str(BOT)], env=env, check=True, capture_output=True)
-            baseline.append((time.perf_counter() - start) * 1000)
-
-        port = free_port()
-        launcher = start_launcher(env, idle=2, port=port)
-        base = f"http://127.0.0.1:{port}"
-        warm = latencies(base, WARM_RUNS, pause=0.05)
-        counts = [0] * CLIENTS
-        stop_at = time.monotonic() + SUSTAIN_S
-
-        def client(n: int) -> None:
-            while time.monotonic() < stop_at:
-                post(base)
-                counts[n] += 1
-
-        threads = [threading.Thread(target=client, args=(n,)) for n in range(CLIENTS)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        rate = sum(counts) / SUSTAIN_S
-        stale = 0
-        for round_ in range(1, RAW_ROUNDS + 1):
-            subprocess.run(
-                [agent_run, "secrets", "set", "demo", f"DEMO_API_KEY=v{round_}"],
-                env=env,
-                check=True,
-                capture_output=True,
-            )
-            session = post(base)
-            report = reports / f"{session['id']}.json"
-            deadline = time.monotonic() + 30
-            while not report.exists():
-                assert time.monotonic() < deadline
-                time.sleep(0.005)
-            if json.loads(report.read_text())["secrets_version"] != str(round_ + 1):
-                stale += 1
-        leaked = stop(launcher)
-
-        port = free_port()
-        launcher = start_launcher(env, idle=0, port=port)
-        cold = latencies(f"http://127.0.0.1:{port}", COLD_RUNS, pause=0.0)
-        leaked += stop(launcher)
-
-    print(f"{'measure':<46}{'p50 ms':>9}{'p99 ms':>9}")
+    secrets_set("sk-bench-0")
     print(
-        f"{'python session_bot.py from scratch':<46}{statistics.median(baseline):>9.1f}{pct(baseline, 0.99):>9.1f}"
+        f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}; "
+        f"bot load {os.environ.get('SESSION_BOT_LOAD_S', '0.2')} s"
     )
+
+    scratch = []
+    for _ in range(10):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, str(BOT)], env=env, check=True, capture_output=True)
+        scratch.append((time.perf_counter() - start) * 1000)
+    print(f"python bot.py from scratch:       {summary(scratch)}")
+
+    leftovers: set[int] = set()
+
+    def run(*options: str) -> Runtime:
+        reports = tmp / f"reports-{len(list(tmp.glob('reports-*')))}"
+        reports.mkdir()
+        return Runtime(env, reports, *options)
+
+    # Warm: --idle 8, paced so that a warm process is waiting for each request.
+    runtime = run("--idle", "8", "--no-watch")
+    time.sleep(2.0)  # let the pool warm up
+    entry, rtt, warm = start_latencies(runtime, args.warm, pace=0.05)
+    print(f"warm start (request -> bot()):    {summary(entry)}  [{warm}/{args.warm} warm]")
+    print(f"warm start (HTTP round trip):     {summary(rtt)}")
+
+    # Sustained: back to back, as fast as the runtime answers.
+    count, warm_count, start = 0, 0, time.perf_counter()
+    while time.perf_counter() - start < args.seconds:
+        answer, _, _ = runtime.post({"sustained": count})
+        count += 1
+        warm_count += bool(answer["warm"])
+    rate = count / (time.perf_counter() - start)
     print(
-        f"{'warm session start (request -> bot running)':<46}{statistics.median(warm):>9.1f}{pct(warm, 0.99):>9.1f}"
+        f"sustained session starts:         {rate:7.1f} /s  ({warm_count}/{count} warm, --idle 8)"
     )
+    leftovers |= runtime.pids()
+    assert runtime.stop() == 0
+
+    # Cold: --idle 0, a process per request.
+    runtime = run("--idle", "0", "--no-watch")
+    entry, rtt, warm = start_latencies(runtime, args.cold, pace=0.0)
+    print(f"cold start (request -> bot()):    {summary(entry)}  [{warm}/{args.cold} warm]")
+    leftovers |= runtime.pids()
+    assert runtime.stop() == 0
+
+    # Read-after-write, with the default store watch on (it races the dispatch check).
+    runtime = run("--idle", "2")
+    time.sleep(1.0)
+    stale, raw = 0, []
+    for round_ in range(1, args.rounds + 1):
+        value = f"sk-bench-{round_}"
+        secrets_set(value)
+        answer, sent, _ = runtime.post({"round": round_})
+        report = runtime.report(answer["id"])
+        expected = hashlib.sha256(value.encode()).hexdigest()[:16]
+        if report["key_sha256"] != expected or report["secrets_version"] != str(round_ + 1):
+            stale += 1
+        raw.append((report["entered_at"] - sent) * 1000)
     print(
-        f"{'cold session start (--idle 0)':<46}{statistics.median(cold):>9.1f}{pct(cold, 0.99):>9.1f}"
+        f"read-after-write: {stale} stale sessions in {args.rounds} rounds; "
+        f"start after an update {summary(raw)}"
     )
-    print(f"sustained: {rate:.0f} session starts/s with {CLIENTS} clients for {SUSTAIN_S:g} s")
-    print(f"read-after-write: {stale} stale of {RAW_ROUNDS} rounds")
-    print(f"processes left after TERM: {leaked}")
+    leftovers |= runtime.pids()
+    assert runtime.stop() == 0
+
+    time.sleep(0.2)
+    left = sorted(pid for pid in leftovers if alive(pid))
+    print(f"leaked processes after shutdown:  {len(left)} of {len(leftovers)} seen {left or ''}")
+    return 1 if stale or left else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -174,7 +174,10 @@ def spawn(
     on_line: Callable[[bytes], None] | None = None,
     pass_fds: Sequence[int] = (),
 ) -> Worker:
-    """Start one worker. With a masker, its output is relayed masked; without, it is inherited."""
+    """Start one worker. With a masker, its output is relayed masked; without, it is inherited.
+
+    `pass_fds` stay open in the child (session mode's private channel).
+    """
     _prctl()  # load libc in the parent: the child must not import anything between fork/exec
     stdin = None if inherit_stdin else subprocess.DEVNULL
     routes: dict[int, int] = {}

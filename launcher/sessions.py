@@ -1,545 +1,501 @@
 """Session mode: agent-run serves sessions itself, from pre-warmed processes (SPEC §5).
 
 A target that defines `bot` (Pipecat's `async def bot(runner_args)`), or names a function with
-`--entrypoint`, is not run as a pool of workers. Instead `--idle N` processes import it ahead
-of time (launcher/runtime.py) and wait; `POST /sessions` hands the request's JSON to one of
-them, which runs the entrypoint and exits when the session ends. One process per session:
-nothing leaks between sessions.
+`--entrypoint`, is not run as a pool of workers. `--idle N` processes import it ahead of time
+(warm_pool.py, runtime.py) and wait; `POST /sessions` (session_api.py) hands the request's
+JSON to one of them, which runs the entrypoint and exits when the session ends. One process
+per session, each in its own process group: nothing leaks between sessions.
 
-Read-after-write: every dispatch compares the bound set's version in the store (one short
-read, no decryption) with the version the warm processes were started with. If the store is
-newer, the new version is decrypted, the stale idle processes are retired, and the session
-starts in a process with the new values — so a session requested after `secrets set`
-returned always sees them. Running sessions keep the values they started with.
+Read-after-write: every dispatch re-reads the store's fingerprint (the bound set's version and
+the platform file's, from plaintext headers: no decryption, a few tens of microseconds) and
+compares it with the one the warm processes were started with. If the store is newer, the new
+version is decrypted, the idle processes retire, and the session starts in a process with the
+new values — a cold start for that one request. So a session requested after `secrets set`
+returned always sees the new values; the guarantee does not depend on the file watch, which
+only refreshes the idle processes early so the next session is warm too. A version that fails
+to decrypt is logged and sessions keep starting on the last good one (a bad update never takes
+the service down); it is retried when the store changes again.
+
+Shutdown (TERM/INT): new sessions get 503, idle processes retire, running sessions may finish
+within `--drain-timeout`; then each gets the stop signal once and, STOP_GRACE_S later, its
+process group is SIGKILLed. A second TERM/INT skips the waiting.
 """
 
 from __future__ import annotations
 
-import ast
-import json
 import os
 import signal
-import socket
-import sys
 import time
 import uuid
-from pathlib import Path
-from typing import Any
+from collections import OrderedDict
+from collections.abc import Hashable
+from typing import TYPE_CHECKING, Any
 
-from launcher.config import Target, TargetKind
-from launcher.errors import UsageError
+from launcher.entrypoint import Entrypoint, find_entrypoint
+from launcher.errors import LauncherError
+from launcher.session_api import RETRY_AFTER_S, Refused
+from launcher.warm_pool import StartFailed, WarmPool, WarmProcess
 
+if TYPE_CHECKING:
+    import anyio
+    import anyio.abc
 
-def _defines(path: Path, function: str) -> bool:
-    try:
-        tree = ast.parse(path.read_bytes(), filename=str(path))
-    except (OSError, SyntaxError, ValueError):
-        return False
-    return any(
-        isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == function
-        for node in tree.body
-    )
+    from launcher.metrics import Metrics
+    from launcher.output import Masker
+    from launcher.status import PoolStatus
+    from launcher.supervisor import Plan
 
+__all__ = ["Entrypoint", "SessionRuntime", "find_entrypoint", "serve"]
 
-def find_entrypoint(target: Target, option: str | None) -> tuple[str, str, str] | None:
-    """(kind, target, function) when the target runs in session mode, else None.
-
-    Detection reads the source (AST), never imports it: the agent's module-level code runs
-    once, in the process that serves the session.
-    """
-    if option:
-        module, sep, function = option.rpartition(":")
-        if not sep or not function.isidentifier():
-            raise UsageError(f"--entrypoint {option!r} is not module:function (or :function)")
-        if module:
-            return ("module", module, function)
-        if target.kind is TargetKind.COMMAND:
-            raise UsageError("--entrypoint :function needs a Python target (bot.py or -m module)")
-        return (target.kind.value, target.value, function)
-    if target.kind is TargetKind.SCRIPT:
-        return ("script", target.value, "bot") if _defines(Path(target.value), "bot") else None
-    if target.kind is TargetKind.MODULE:
-        import importlib.util
-
-        try:
-            spec = importlib.util.find_spec(target.value)
-        except (ImportError, ValueError):
-            spec = None
-        if spec is None or not spec.origin or not spec.origin.endswith(".py"):
-            return None
-        return ("module", target.value, "bot") if _defines(Path(spec.origin), "bot") else None
-    return None
-
-
-class WarmProcess:
-    """A pre-warmed process: imported the agent, waiting on its channel."""
-
-    def __init__(self, worker: Any, channel: socket.socket, version: int | None) -> None:
-        self.worker = worker
-        self.channel = channel
-        self.version = version
-        self.ready = False
-        self.buffer = b""
-
-    async def read_line(self) -> bytes:
-        """The next line from the process; EOFError when it is gone or was retired."""
-        import anyio
-
-        while b"\n" not in self.buffer:
-            if self.channel.fileno() < 0:
-                raise EOFError  # retired (channel closed) while we were waiting
-            try:
-                await anyio.wait_readable(self.channel)
-                chunk = self.channel.recv(4096)
-            except BlockingIOError:
-                continue
-            except (anyio.ClosedResourceError, ValueError, OSError):
-                raise EOFError from None
-            if not chunk:
-                raise EOFError
-            self.buffer += chunk
-        line, self.buffer = self.buffer.split(b"\n", 1)
-        return line
-
-    def retire(self) -> None:
-        """Close the channel: an idle process exits at once (it never got a session).
-
-        A task may be waiting on this socket (the process is still importing the agent):
-        notify_closing wakes it first. Closing under it would leave the event loop watching
-        a file descriptor number that the next socketpair reuses.
-        """
-        import anyio
-
-        if self.channel.fileno() >= 0:
-            anyio.notify_closing(self.channel)
-            self.channel.close()
+STOP_GRACE_S = 5.0  # after the drain: stop signal, then this long before SIGKILL
+KEEP_ENDED = 1000  # ended sessions kept for GET /sessions
 
 
 class Session:
-    def __init__(self, session_id: str, process: WarmProcess) -> None:
+    """One session: the process serving it and what became of it."""
+
+    def __init__(self, session_id: str, warm: WarmProcess, was_warm: bool) -> None:
+        import anyio
+
         self.id = session_id
-        self.process = process
-        self.pid = process.worker.pid
-        self.version = process.version
-        self.state = "starting"
+        self.process = warm
+        self.warm = was_warm
+        self.state = "starting"  # starting | running | stopping | ended | failed | stopped
         self.created_at = time.time()
         self.started_at: float | None = None
         self.ended_at: float | None = None
         self.exit_code: int | None = None
         self.start_ms: float | None = None
-        self.warm = True
+        self.done = anyio.Event()
+
+    @property
+    def active(self) -> bool:
+        return self.ended_at is None
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,
-            "pid": self.pid,
-            "secrets_version": self.version,
+            "pid": self.process.pid,
+            "secrets_version": self.process.version,
             "state": self.state,
+            "warm": self.warm,
             "created_at": self.created_at,
             "started_at": self.started_at,
             "ended_at": self.ended_at,
             "exit_code": self.exit_code,
             "start_ms": self.start_ms,
-            "warm": self.warm,
         }
 
 
 class SessionRuntime:
-    """The warm pool, the dispatcher and the session table."""
+    """The session table, the dispatcher (with the read-after-write check) and shutdown."""
 
-    def __init__(
-        self, plan: Any, entry: tuple[str, str, str], masker: Any, notify_path: str, log: Any
-    ) -> None:
-        from launcher.store import Store
+    def __init__(self, plan: Plan, entry: Entrypoint, masker: Masker | None, log: Any) -> None:
+        import anyio
 
         self.plan = plan
         self.config = plan.config
         self.entry = entry
         self.masker = masker
-        self.notify_path = notify_path
         self.log = log
-        self.layers = plan.layers
-        self.store = Store.open(self.config.store)
-        self.idle: list[WarmProcess] = []
-        self.sessions: dict[str, Session] = {}
-        self.by_pid: dict[int, Any] = {}
+        self.pool = WarmPool(plan.config, entry, plan.layers, masker, log)
+        self.fingerprint: Hashable = plan.initial_fingerprint
+        self._failed_fingerprint: Hashable = None
+        self.sessions: OrderedDict[str, Session] = OrderedDict()
         self.draining = False
-        self._counter = 0
-        self.metrics: Any = None  # set when --health is given
-        self._tg: Any = None
-        self._reload_lock: Any = None
+        self.metrics: Metrics | None = None
+        self._starting = 0  # admitted, not yet in the table
+        self._lock = anyio.Lock()
+        self._exited = anyio.Event()
+        self._tg: anyio.abc.TaskGroup | None = None
 
-    # --- processes -----------------------------------------------------------------------
+    def start_pool(self, tg: anyio.abc.TaskGroup) -> None:
+        self._tg = tg
+        self.pool.start(tg)
 
-    def _spawn(self) -> WarmProcess:
-        from launcher.environment import compose
-        from launcher.process import spawn
+    # --- read-after-write ----------------------------------------------------------------
 
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._counter += 1
-        env = compose(self.layers, worker=self._counter, notify_socket=self.notify_path)
-        env["AGENT_RUN_SESSION_FD"] = str(child.fileno())
-        kind, target, function = self.entry
-        try:
-            worker = spawn(
-                [sys.executable, "-m", "launcher.runtime", kind, target, function],
-                env,
-                slot=self._counter,
-                version=self.layers.secrets_version,
-                masker=self.masker,
-                pass_fds=[child.fileno()],
-            )
-        finally:
-            child.close()
-        parent.setblocking(False)
-        warm = WarmProcess(worker, parent, self.layers.secrets_version)
-        self.by_pid[worker.pid] = worker
-        return warm
-
-    async def _warm_up(self, warm: WarmProcess) -> bool:
-        import anyio
-
-        with anyio.move_on_after(self.config.ready_timeout):
+    async def refresh(self, force: bool = False) -> bool:
+        """Follow the store before a process is handed out; True when a new generation began."""
+        fingerprint = self.plan.fingerprint
+        if fingerprint is None and not force:
+            return False
+        current = fingerprint() if fingerprint is not None else None
+        if not force and current in (self.fingerprint, self._failed_fingerprint):
+            return False
+        async with self._lock:
+            current = fingerprint() if fingerprint is not None else None
+            if not force and current == self.fingerprint:
+                return False  # another request did it while we waited
+            old = self.pool.version
             try:
-                if await warm.read_line() == b"ready":
-                    warm.ready = True
-            except (EOFError, OSError):
-                pass
-        if not warm.ready:
-            self.log("session_process_failed", pid=warm.worker.pid, level="warning")
-            warm.worker.kill_group()
-        return warm.ready
-
-    def refill(self) -> None:
-        """Start warm processes until --idle are ready or warming."""
-        while not self.draining and len(self.idle) < self.config.idle:
-            warm = self._spawn()
-            self.idle.append(warm)
-            self._tg.start_soon(self._keep_warm, warm)
-
-    async def _keep_warm(self, warm: WarmProcess) -> None:
-        if not await self._warm_up(warm) and warm in self.idle:
-            self.idle.remove(warm)
-
-    async def _fresh_layers(self) -> None:
-        """Read-after-write: follow the store's version before handing out a process."""
-        if not self.config.secret_set:
-            return
-        current = self.store.current_version(self.config.secret_set)
-        if current == self.layers.secrets_version:
-            return
-        async with self._reload_lock:
-            current = self.store.current_version(self.config.secret_set)
-            if current == self.layers.secrets_version:
-                return
-            layers, values = self.plan.reload()
+                layers, values = self.plan.reload()
+            except LauncherError as error:
+                self._failed_fingerprint = current
+                self.log(
+                    "sessions_update_failed",
+                    reason=error.message,
+                    keeping_version=old,
+                    level="error",
+                )
+                if force:
+                    raise
+                return False
             if self.masker is not None:
                 self.masker.add(values)
-            old = self.layers.secrets_version
-            self.layers = layers
-            stale = [w for w in self.idle if w.version != layers.secrets_version]
-            for warm in stale:
-                self.idle.remove(warm)
-                warm.retire()
+            # The fingerprint read *before* the reload: a write landing during it makes the
+            # next dispatch reload again rather than be missed.
+            self.fingerprint = current
+            retired = self.pool.new_generation(layers)
             self.log(
                 "sessions_secrets_updated",
                 from_version=old,
                 to_version=layers.secrets_version,
-                retired=len(stale),
+                retired_idle=retired,
             )
-            self.refill()
+            return True
 
-    async def _take(self) -> tuple[WarmProcess, bool]:
-        """A ready process on the current version: warm if one is idle, else started now."""
-        await self._fresh_layers()
-        for warm in list(self.idle):
-            if warm.ready and warm.version == self.layers.secrets_version:
-                self.idle.remove(warm)
-                self.refill()
-                return warm, True
-        warm = self._spawn()
-        self.refill()
-        if not await self._warm_up(warm):
-            raise RuntimeError("the session process did not start")
-        return warm, False
-
-    # --- sessions ------------------------------------------------------------------------
+    # --- sessions -------------------------------------------------------------------------
 
     def active(self) -> int:
-        return sum(
-            1 for s in self.sessions.values() if s.state in ("starting", "running", "stopping")
-        )
+        return self._starting + sum(1 for s in self.sessions.values() if s.active)
+
+    def admit(self) -> None:
+        """Refused(503) while draining, Refused(429) at --max-sessions."""
+        if self.draining:
+            raise Refused(503, "draining: this runtime is shutting down and takes no sessions")
+        maximum = self.config.max_sessions
+        if maximum is not None and self.active() >= maximum:
+            raise Refused(
+                429,
+                f"at capacity: {maximum} sessions running (--max-sessions); retry later",
+                {"Retry-After": str(RETRY_AFTER_S)},
+            )
 
     async def start(self, body: Any) -> Session:
+        """Start a session with `body`; returns once its entrypoint is being called."""
+        import json
+
         import anyio
 
         requested = time.perf_counter()
-        warm, was_warm = await self._take()
-        session = Session(uuid.uuid4().hex, warm)
-        session.warm = was_warm
-        self.sessions[session.id] = session
-        line = json.dumps({"session_id": session.id, "body": body}).encode() + b"\n"
+        self._starting += 1
         try:
-            warm.channel.setblocking(True)
-            warm.channel.sendall(line)
-            warm.channel.setblocking(False)
-            with anyio.fail_after(self.config.ready_timeout):
-                started = await warm.read_line()
-        except (OSError, EOFError, TimeoutError):
-            started = b""
-        if started != b"started":
+            await self.refresh()
+            try:
+                warm, was_warm = await self.pool.take()
+            except StartFailed as error:
+                raise Refused(500, error.message) from None
+            session = Session(str(uuid.uuid4()), warm, was_warm)
+            warm.session = session
+            self._remember(session)
+        finally:
+            self._starting -= 1
+        line = json.dumps({"session_id": session.id, "body": body}).encode() + b"\n"
+        with anyio.move_on_after(self.config.ready_timeout):
+            try:
+                await warm.send(line)
+            except OSError:
+                pass
+            else:
+                async with anyio.create_task_group() as tg:
+
+                    async def closed() -> None:
+                        await warm.closed.wait()
+                        tg.cancel_scope.cancel()
+
+                    tg.start_soon(closed)
+                    await warm.started.wait()
+                    tg.cancel_scope.cancel()
+        if not warm.started.is_set():
             session.state = "failed"
             warm.worker.kill_group()
-            raise RuntimeError("the session process did not start the entrypoint")
+            raise Refused(500, f"session process {warm.pid} exited before the entrypoint ran")
         session.state = "running"
         session.started_at = time.time()
-        session.start_ms = round((time.perf_counter() - requested) * 1000, 3)
+        seconds = time.perf_counter() - requested
+        session.start_ms = round(seconds * 1000, 3)
         if self.metrics is not None:
-            self.metrics.session_started(session.start_ms / 1000)
+            self.metrics.session_started(seconds)
         self.log(
             "session_started",
             session=session.id,
-            pid=session.pid,
-            version=session.version,
-            start_ms=session.start_ms,
+            pid=warm.pid,
+            version=warm.version,
             warm=was_warm,
+            start_ms=session.start_ms,
         )
         return session
 
-    def stop(self, session: Session) -> None:
-        if session.state in ("starting", "running"):
-            session.state = "stopping"
-            session.process.worker.stop(self.config.stop_signal)
-            self._tg.start_soon(self._kill_after_drain, session)
+    async def after_start(self) -> None:
+        """Refill the warm pool; called once the start has been answered, so that the fork
+        of the replacement does not delay the answer. Async on purpose: Starlette runs a sync
+        background task in a thread, and processes are only spawned on the main thread
+        (PR_SET_PDEATHSIG is tied to the forking thread)."""
+        self.pool.refill()
 
-    async def _kill_after_drain(self, session: Session) -> None:
+    def _remember(self, session: Session) -> None:
+        self.sessions[session.id] = session
+        if len(self.sessions) > KEEP_ENDED:
+            for key, old in list(self.sessions.items()):
+                if len(self.sessions) <= KEEP_ENDED:
+                    break
+                if not old.active:
+                    del self.sessions[key]
+
+    def list_sessions(self) -> list[dict[str, Any]]:
+        return [s.as_dict() for s in self.sessions.values()]
+
+    def stop(self, session: Session) -> None:
+        """The stop signal, once; the process group is SIGKILLed after --drain-timeout."""
+        if not session.active or session.process.worker.stop_sent:
+            return
+        session.state = "stopping"
+        session.process.worker.stop(self.config.stop_signal)
+        if self._tg is not None:
+            self._tg.start_soon(self._kill_after, session, self.config.drain_timeout)
+
+    async def _kill_after(self, session: Session, seconds: float) -> None:
         import anyio
 
-        await anyio.sleep(self.config.drain_timeout)
-        if session.process.worker.alive:
+        with anyio.move_on_after(seconds):
+            await session.done.wait()
+        if session.active:
             session.process.worker.kill_group()
 
+    # --- exits ----------------------------------------------------------------------------
+
     def reap(self) -> None:
-        """Collect exited children; end their sessions or replace their idle processes."""
-        from launcher.process import exited_children
+        """Collect every exited child (ours and, as subreaper, orphans)."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            warm = self.pool.exited(pid, status)
+            if warm is not None and warm.session is not None:
+                self._ended(warm.session)
+        self._exited.set()
+        import anyio
 
-        for pid, status in exited_children():
-            worker = self.by_pid.pop(pid, None)
-            if worker is None:
-                continue
-            worker.reaped(status)
-            worker.kill_group()
-            for session in self.sessions.values():
-                if session.pid == pid and session.ended_at is None:
-                    session.process.retire()  # its channel: one socket per session, not leaked
-                    session.exit_code = worker.exit_code
-                    session.ended_at = time.time()
-                    failed = worker.exit_code != 0 and session.state != "stopping"
-                    session.state = "failed" if failed else "ended"
-                    self.log(
-                        "session_ended",
-                        session=session.id,
-                        pid=pid,
-                        code=worker.exit_code,
-                        seconds=round(session.ended_at - session.created_at, 3),
-                    )
-            for warm in list(self.idle):
-                if warm.worker.pid == pid:
-                    self.idle.remove(warm)
-                    warm.retire()
-                    self.refill()
+        self._exited = anyio.Event()
 
-    def status(self) -> Any:
-        """The warm processes as a PoolStatus, for /healthz and /metrics."""
+    def _ended(self, session: Session) -> None:
+        code = session.process.worker.exit_code
+        session.exit_code = code
+        session.ended_at = time.time()
+        if session.process.worker.stop_sent:
+            session.state = "stopped"
+        elif session.state == "failed" or code != 0:
+            session.state = "failed"
+        else:
+            session.state = "ended"
+        session.done.set()
+        self.log(
+            "session_ended",
+            session=session.id,
+            pid=session.process.pid,
+            outcome=session.state,
+            code=code,
+            seconds=round(session.ended_at - session.created_at, 3),
+            level="info" if session.state != "failed" else "warning",
+        )
+
+    async def _wait_processes(self, until: anyio.Event | None = None) -> None:
+        """Until every session process has been reaped (or `until` is set)."""
+        while self.pool.processes and not (until is not None and until.is_set()):
+            await self._exited.wait()
+
+    async def shutdown(self, force: anyio.Event) -> None:
+        import anyio
+
+        self.draining = True
+        self.pool.retire_idle()
+        self.log(
+            "sessions_draining",
+            active=self.active(),
+            drain_timeout=self.config.drain_timeout,
+        )
+        async with anyio.create_task_group() as tg:
+
+            async def forced() -> None:
+                await force.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(forced)
+            with anyio.move_on_after(self.config.drain_timeout):
+                await self._wait_processes()
+            tg.cancel_scope.cancel()
+        for warm in self.pool.live():
+            warm.worker.stop(self.config.stop_signal)
+            if warm.session is not None and warm.session.active:
+                warm.session.state = "stopping"
+        if self.pool.processes:
+            with anyio.move_on_after(0 if force.is_set() else STOP_GRACE_S):
+                await self._wait_processes(force)
+        for warm in self.pool.live():
+            warm.worker.kill_group()
+        with anyio.move_on_after(STOP_GRACE_S):
+            await self._wait_processes()
+        self.log("sessions_stopped", sessions=len(self.sessions))
+
+    # --- status ---------------------------------------------------------------------------
+
+    def status(self) -> PoolStatus:
+        """The warm pool as `agent-run status` shows it (idle processes are the workers)."""
         from launcher.status import PoolStatus, WorkerState, WorkerStatus
 
         workers = tuple(
             WorkerStatus(
                 slot=index,
-                pid=warm.worker.pid,
-                state=WorkerState.READY if warm.ready else WorkerState.STARTING,
+                pid=warm.pid,
+                state=WorkerState.READY if warm.ready.is_set() else WorkerState.STARTING,
                 version=warm.version,
                 started_at=warm.worker.started_at,
             )
-            for index, warm in enumerate(self.idle)
+            for index, warm in enumerate(self.pool.idle)
+        )
+        busy = tuple(
+            WorkerStatus(
+                slot=-1,
+                pid=s.process.pid,
+                state=WorkerState.READY,
+                version=s.process.version,
+                started_at=s.started_at,
+            )
+            for s in self.sessions.values()
+            if s.active
         )
         return PoolStatus(
             name=self.plan.name,
             pid=os.getpid(),
-            secret_set=self.config.secret_set,
-            version=self.layers.secrets_version,
+            secret_set=self.plan.secret_set,
+            version=self.pool.version,
             workers=workers,
+            draining=busy,
         )
 
-    def live(self) -> list[Any]:
-        return [w for w in self.by_pid.values() if w.alive]
+    def health_status(self) -> PoolStatus:
+        """For /healthz and /readyz: one synthetic slot, ready while sessions can start.
 
-    async def shutdown(self, force: Any) -> None:
-        """503 from now on; idle processes go at once; sessions get --drain-timeout."""
-        import anyio
+        The idle processes themselves would make readiness flap on every session (a
+        replacement is warming for a moment), so readiness means: not draining, the agent
+        imported successfully at least once, and the last process did not fail to import.
+        """
+        from launcher.status import PoolStatus, WorkerState, WorkerStatus
 
-        self.draining = True
-        for warm in self.idle:
-            warm.retire()
-        self.idle.clear()
-        self.log("sessions_draining", active=self.active(), drain_timeout=self.config.drain_timeout)
-        with anyio.move_on_after(self.config.drain_timeout) as scope:
-            async with anyio.create_task_group() as tg:
+        ok = self.pool.ever_ready and self.pool.failures == 0
+        state = WorkerState.READY if ok else WorkerState.STARTING
+        return PoolStatus(
+            name=self.plan.name,
+            pid=os.getpid(),
+            secret_set=self.plan.secret_set,
+            version=self.pool.version,
+            workers=(WorkerStatus(0, os.getpid(), state, self.pool.version),),
+        )
 
-                async def forced() -> None:
-                    await force.wait()
-                    scope.cancel()
-
-                tg.start_soon(forced)
-                while self.live():
-                    await anyio.sleep(0.05)
-                tg.cancel_scope.cancel()
-        for worker in self.live():
-            worker.stop(self.config.stop_signal)
-        with anyio.move_on_after(0 if force.is_set() else 5):
-            while self.live():
-                await anyio.sleep(0.05)
-        for worker in self.live():
-            worker.kill_group()
-        while self.live():
-            await anyio.sleep(0.02)
-
-
-async def _refresh_on_change(plan: Any, runtime: SessionRuntime) -> None:
-    """Replace idle processes as soon as the store changes, so the next session is warm too.
-
-    Dispatch checks the version anyway (the guarantee does not depend on this watch)."""
-    from launcher.errors import LauncherError
-    from launcher.watch import fingerprints
-
-    if not plan.watch_dir.is_dir():
-        return
-    async for _ in fingerprints(plan.watch_dir, plan.fingerprint, plan.initial_fingerprint):
-        try:
-            await runtime._fresh_layers()
-        except LauncherError as error:
-            runtime.log("sessions_update_skipped", reason=error.message, level="error")
-
-
-def create_app(runtime: SessionRuntime) -> Any:
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse, Response
-    from starlette.routing import Route
-
-    async def create(request: Request) -> Response:
-        if runtime.draining:
-            return JSONResponse({"error": "draining: not accepting sessions"}, status_code=503)
-        maximum = runtime.config.max_sessions
-        if maximum is not None and runtime.active() >= maximum:
-            return JSONResponse(
-                {"error": f"at capacity ({maximum} sessions)"},
-                status_code=429,
-                headers={"Retry-After": "1"},
-            )
-        raw = await request.body()
-        try:
-            body = json.loads(raw) if raw.strip() else {}
-        except ValueError as error:
-            return JSONResponse(
-                {"error": f"request body is not valid JSON: {error}"}, status_code=400
-            )
-        try:
-            session = await runtime.start(body)
-        except RuntimeError as error:
-            return JSONResponse({"error": str(error)}, status_code=500)
-        return JSONResponse(session.as_dict(), status_code=201)
-
-    async def listing(request: Request) -> Response:
-        return JSONResponse([s.as_dict() for s in runtime.sessions.values()])
-
-    async def one(request: Request) -> Response:
-        session = runtime.sessions.get(request.path_params["session_id"])
+    async def control(self, request: Any) -> dict[str, Any]:
+        """`agent-run sessions` over the control socket."""
+        action = request.get("action", "list")
+        if action == "list":
+            return {"ok": True, "sessions": self.list_sessions()}
+        if action == "start":
+            try:
+                self.admit()
+                started = await self.start(request.get("body", {}))
+            except Refused as refused:
+                return {"ok": False, "error": refused.message, "status": refused.status}
+            finally:
+                await self.after_start()
+            return {"ok": True, "session": started.as_dict()}
+        session = self.sessions.get(str(request.get("id")))
         if session is None:
-            return JSONResponse({"error": "no such session"}, status_code=404)
-        if request.method == "DELETE":
-            runtime.stop(session)
-        return JSONResponse(
-            session.as_dict(), status_code=202 if request.method == "DELETE" else 200
-        )
+            return {"ok": False, "error": f"no session {request.get('id')!r}", "status": 404}
+        if action == "stop":
+            self.stop(session)
+        elif action != "show":
+            return {"ok": False, "error": f"unknown sessions action {action!r}"}
+        return {"ok": True, "session": session.as_dict()}
 
-    return Starlette(
-        routes=[
-            Route("/sessions", create, methods=["POST"]),
-            Route("/sessions", listing, methods=["GET"]),
-            Route("/sessions/{session_id}", one, methods=["GET", "DELETE"]),
-        ]
-    )
+    async def reload(self) -> dict[str, Any]:
+        """`agent-run reload`: re-read the store and replace the idle processes."""
+        old = self.pool.version
+        try:
+            await self.refresh(force=True)
+        except LauncherError as error:
+            return {"ok": False, "result": "aborted", "error": error.message}
+        return {
+            "ok": True,
+            "result": "succeeded",
+            "message": f"idle session processes replaced (v{old} -> v{self.pool.version})",
+        }
 
 
-def serve(plan: Any, entry: tuple[str, str, str]) -> int:
-    """Run session mode until TERM/INT; returns the exit code."""
-    from launcher import signals
+def serve(plan: Plan, entry: Entrypoint) -> int:
+    """Run session mode until TERM/INT; returns the exit code (0 after a graceful stop).
+
+    `plan` is what `agent-run` resolved (config, environment layers, how to re-read the
+    store); `entry` comes from `find_entrypoint`.
+    """
+    from launcher import process, signals
     from launcher.http_server import bind, parse_host_port
-    from launcher.notify_socket import NotifySocket
     from launcher.output import Masker
 
     config = plan.config
     host, port = parse_host_port(config.listen, "--listen")
     listener = bind(host, port, "--listen")
-    health = None
+    health_socket = None
     if config.health:
-        health = bind(*parse_host_port(config.health, "--health"), "--health")
+        host, port = parse_host_port(config.health, "--health")
+        health_socket = bind(host, port, "--health")
     signals.install_early()
-    from launcher import process
-
     process.become_subreaper()
-    notify = NotifySocket()
     masker = Masker(plan.masked_values) if config.mask else None
     import anyio
 
-    try:
-        return anyio.run(_main, plan, entry, masker, notify, listener, health)
-    finally:
-        notify.close()
+    return anyio.run(_main, plan, entry, masker, listener, health_socket)
 
 
 async def _main(
-    plan: Any, entry: tuple[str, str, str], masker: Any, notify: Any, listener: Any, health: Any
+    plan: Plan, entry: Entrypoint, masker: Masker | None, listener: Any, health_socket: Any
 ) -> int:
     import anyio
 
     from launcher import logs, signals
     from launcher.http_server import serve_asgi
     from launcher.output import Masker
+    from launcher.session_api import create_app
 
-    log = logs.configure(plan.config.log_format, masker or Masker(()))
-    runtime = SessionRuntime(plan, entry, masker, notify.path, log)
-    runtime._reload_lock = anyio.Lock()
+    config = plan.config
+    log = logs.configure(config.log_format, masker or Masker(()))
+    runtime = SessionRuntime(plan, entry, masker, log)
     force = anyio.Event()
     stopping = False
     async with anyio.create_task_group() as tg:
-        runtime._tg = tg
-        runtime.refill()
+        runtime.start_pool(tg)
         address = await tg.start(serve_asgi, create_app(runtime), listener)
         log(
             "sessions_listening",
             address=f"{address[0]}:{address[1]}",
-            idle=plan.config.idle,
-            entrypoint=":".join(entry[1:]),
+            entrypoint=str(entry),
+            idle=config.idle,
+            max_sessions=config.max_sessions,
+            version=runtime.pool.version,
         )
-
-        if plan.config.watch and plan.watch_dir is not None and plan.fingerprint is not None:
-            tg.start_soon(_refresh_on_change, plan, runtime)
-        if health is not None:
-            from launcher.health import create_app as create_health_app
+        if health_socket is not None:
+            from launcher.health import create_app as health_app
             from launcher.metrics import Metrics
 
-            runtime.metrics = Metrics(runtime.status, sessions_active=runtime.active)
-            app = create_health_app(
-                runtime.status,
-                runtime.metrics,
-                lambda: runtime.draining,
-                # Ready while sessions are accepted: a cold start still serves one.
-                ready_when=lambda status, stopping: not stopping,
-            )
-            health_address = await tg.start(serve_asgi, app, health)
-            log("health_listening", address=f"{health_address[0]}:{health_address[1]}")
+            runtime.metrics = Metrics(runtime.health_status, sessions_active=runtime.active)
+            app = health_app(runtime.health_status, runtime.metrics, lambda: stopping)
+            health = await tg.start(serve_asgi, app, health_socket)
+            log("health_listening", address=f"{health[0]}:{health[1]}")
+        if config.watch and plan.watch_dir is not None and plan.fingerprint is not None:
+            tg.start_soon(_refresh_on_change, plan, runtime, log)
+        if plan.run_dir is not None:
+            tg.start_soon(_serve_control, plan, runtime, log)
 
         async def shut_down() -> None:
             await runtime.shutdown(force)
@@ -550,8 +506,50 @@ async def _main(
                 runtime.reap()
             elif signum in (signal.SIGTERM, signal.SIGINT):
                 if stopping:
-                    force.set()
+                    force.set()  # a second TERM/INT: no more waiting
                 else:
                     stopping = True
+                    log("signal_received", signal=signal.Signals(signum).name, action="drain")
                     tg.start_soon(shut_down)
+            elif signum == signal.SIGHUP:
+                tg.start_soon(runtime.reload)
     return 0
+
+
+async def _refresh_on_change(plan: Plan, runtime: SessionRuntime, log: Any) -> None:
+    """Replace the idle processes as soon as the store changes, so the next session is warm.
+
+    Only an optimisation: dispatch checks the version itself."""
+    from launcher.watch import fingerprints
+
+    assert plan.watch_dir is not None and plan.fingerprint is not None
+    if not plan.watch_dir.is_dir():
+        log("watch_skipped", reason=f"{plan.watch_dir} does not exist", level="warning")
+        return
+    async for _ in fingerprints(plan.watch_dir, plan.fingerprint, plan.initial_fingerprint):
+        if not runtime.draining:
+            await runtime.refresh()
+
+
+async def _serve_control(plan: Plan, runtime: SessionRuntime, log: Any) -> None:
+    import anyio
+
+    from launcher import control
+    from launcher.status import as_dict
+
+    def status() -> dict[str, object]:
+        data = as_dict(runtime.status())
+        data["mode"] = "sessions"
+        data["sessions_active"] = runtime.active()
+        return data
+
+    handlers = control.Handlers(
+        status=status, reload=runtime.reload, extra={"sessions": runtime.control}
+    )
+    assert plan.run_dir is not None
+    try:
+        async with control.serving(plan.run_dir, plan.name, handlers) as path:
+            log("control_listening", path=str(path))
+            await anyio.sleep_forever()
+    except (LauncherError, OSError) as error:
+        log("control_unavailable", reason=str(error), level="warning")

@@ -1,248 +1,296 @@
-"""Session mode with real processes and real HTTP (SPEC §5)."""
+"""Session mode end to end: a real launcher, real session processes, real HTTP on 127.0.0.1."""
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
 import signal
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
-from launcher.config import Target, TargetKind
-from launcher.errors import UsageError
-from launcher.sessions import find_entrypoint
+from tests.conftest import CLI, Launcher
 
-from .conftest import AGENTS, CLI, PROBE, Launcher
-
-SESSION_PROBE = AGENTS / "session_probe.py"
+AGENT = Path(__file__).parent / "agents" / "session_agent.py"
+DEADLINE = 30.0
 
 
-def _request(
-    method: str, url: str, body: bytes | None = None
-) -> tuple[int, dict[str, str], object]:
-    request = urllib.request.Request(url, data=body, method=method)
+def running(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie."""
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, dict(response.headers), json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers), json.loads(error.read())
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
-def _serve(
-    launch: Callable[..., Launcher], *args: str, env: dict[str, str] | None = None
-) -> tuple[Launcher, str]:
-    launcher = launch("--listen", "127.0.0.1:0", *args, env=env)
-    address = launcher.wait_event("sessions_listening")["address"]
-    return launcher, f"http://{address}"
+def sha(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
 
 
-def _report(probe_dir: Path, session_id: str, timeout: float = 30) -> dict[str, object]:
-    path = probe_dir / f"{session_id}.json"
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert time.monotonic() < deadline, f"session {session_id} never ran"
-        time.sleep(0.01)
-    return json.loads(path.read_text())  # type: ignore[no-any-return]
+class Server:
+    """A launcher in session mode and an HTTP client for its API."""
 
+    def __init__(self, launcher: Launcher, directory: Path) -> None:
+        self.launcher = launcher
+        self.dir = directory
+        event = launcher.wait_event("sessions_listening")
+        self.url = f"http://{event['address']}"
+        self.http = httpx.Client(base_url=self.url, timeout=DEADLINE)
 
-def _wait_state(
-    base: str, session_id: str, states: set[str], timeout: float = 30
-) -> dict[str, object]:
-    deadline = time.monotonic() + timeout
-    while True:
-        _, _, data = _request("GET", f"{base}/sessions/{session_id}")
+    def post(self, body: Any = None, content: bytes | None = None) -> httpx.Response:
+        if content is not None:
+            return self.http.post("/sessions", content=content)
+        return self.http.post("/sessions", json=body if body is not None else {})
+
+    def file(self, name: str) -> dict[str, Any]:
+        path = self.dir / name
+        deadline = time.monotonic() + DEADLINE
+        while not path.exists():
+            assert time.monotonic() < deadline, f"{name} never appeared"
+            time.sleep(0.005)
+        data = json.loads(path.read_text())
         assert isinstance(data, dict)
-        if data["state"] in states:
-            return data
-        assert time.monotonic() < deadline, data
-        time.sleep(0.02)
+        return data
+
+    def imported(self, count: int) -> list[int]:
+        """Pids of processes that imported the agent, once at least `count` have."""
+        deadline = time.monotonic() + DEADLINE
+        while len(pids := sorted(int(p.name[7:]) for p in self.dir.glob("import-*"))) < count:
+            assert time.monotonic() < deadline, f"only {len(pids)} imports, wanted {count}"
+            time.sleep(0.01)
+        return pids
+
+    def session_pids(self) -> list[int]:
+        pids = [int(json.loads(p.read_text())["pid"]) for p in self.dir.glob("*.json")]
+        children = [
+            int(c) for p in self.dir.glob("*.json") if (c := json.loads(p.read_text()).get("child"))
+        ]
+        return pids + children
 
 
-def test_detection_reads_the_source_without_running_it(tmp_path: Path) -> None:
-    """A script defining bot() is a session agent; detection does not execute the module."""
-    marker = tmp_path / "ran"
-    script = tmp_path / "agent.py"
-    script.write_text(f"open({str(marker)!r}, 'w').close()\n\nasync def bot(args):\n    pass\n")
-    target = Target(TargetKind.SCRIPT, str(script))
-    assert find_entrypoint(target, None) == ("script", str(script), "bot")
-    assert not marker.exists()
-    plain = tmp_path / "worker.py"
-    plain.write_text("def main():\n    pass\n")
-    assert find_entrypoint(Target(TargetKind.SCRIPT, str(plain)), None) is None
-    assert find_entrypoint(Target(TargetKind.SCRIPT, str(plain)), ":main") == (
-        "script",
-        str(plain),
-        "main",
-    )
-    assert find_entrypoint(Target(TargetKind.COMMAND, "node"), "pkg.mod:run") == (
-        "module",
-        "pkg.mod",
-        "run",
-    )
-    with pytest.raises(UsageError):
-        find_entrypoint(target, "no-colon")
+@pytest.fixture
+def serve(
+    launch: Callable[..., Launcher], cli: CLI, tmp_path: Path
+) -> Iterator[Callable[..., Server]]:
+    """Start `agent-run --secrets demo --listen 127.0.0.1:0 ARGS session_agent.py`."""
+    directory = tmp_path / "sessions"
+    directory.mkdir()
+    assert cli("secrets", "set", "demo", "DEMO_API_KEY=value-1").returncode == 0
+    servers: list[Server] = []
+
+    def start(
+        *args: str,
+        target: str = str(AGENT),
+        env: dict[str, str] | None = None,
+        watch: bool = False,
+    ) -> Server:
+        # The store watch is off unless a test is about it: read-after-write must hold
+        # without it, and stopping a watching launcher waits on watchfiles' thread.
+        launcher = launch(
+            "--secrets",
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            *(() if watch else ("--no-watch",)),
+            *args,
+            target,
+            env={"SESSION_DIR": str(directory), **(env or {})},
+        )
+        server = Server(launcher, directory)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.http.close()
 
 
-def test_session_lifecycle(cli: CLI, launch: Callable[..., Launcher], probe_dir: Path) -> None:
-    """POST starts bot() in a warm process with session_id and body; it exits when done."""
-    cli("secrets", "set", "prod", "VALUE=one")
-    _launcher, base = _serve(launch, "--secrets", "prod", "--idle", "2", str(SESSION_PROBE))
-    code, _, created = _request("POST", f"{base}/sessions", b'{"room": "r1"}')
-    assert code == 201 and isinstance(created, dict)
-    assert created["secrets_version"] == 1
-    report = _report(probe_dir, str(created["id"]))
-    assert report["body"] == {"room": "r1"} and report["value"] == "one"
-    assert report["pid"] == created["pid"]
-    ended = _wait_state(base, str(created["id"]), {"ended"})
-    assert ended["exit_code"] == 0
-    code, _, listing = _request("GET", f"{base}/sessions")
-    assert code == 200 and [s["id"] for s in listing] == [created["id"]]  # type: ignore[union-attr]
-    assert _request("GET", f"{base}/sessions/nope")[0] == 404
-    # One process per session: the module was imported by each process once, never reused.
-    imports = (probe_dir / "imports").read_text().split()
-    assert len(imports) == len(set(imports))
+def test_warm_processes_serve_one_session_each(serve: Callable[..., Server]) -> None:
+    """--idle processes import the agent before any session; each session takes one, which exits after."""
+    server = serve("--idle", "2")
+    warm = server.imported(2)
+    first = server.post({"room": "a"})
+    assert first.status_code == 201, first.text
+    answer = first.json()
+    assert answer["pid"] in warm and answer["warm"] is True
+    assert answer["secrets_version"] == 1 and answer["state"] == "running"
+    report = server.file(f"{answer['id']}.json")
+    assert report["body"] == {"room": "a"} and report["pid"] == answer["pid"]
+    assert report["key_sha256"] == sha("value-1")
+    ended = server.launcher.wait_event("session_ended", session=answer["id"])
+    assert ended["code"] == 0 and ended["outcome"] == "ended"
+    assert server.http.get(f"/sessions/{answer['id']}").json()["exit_code"] == 0
+    assert not running(answer["pid"])
+    second = server.post({"room": "b"}).json()
+    assert second["pid"] != answer["pid"]  # one process per session
+    pids = server.imported(3)  # the pool refilled as sessions took processes
+    assert server.launcher.proc.pid not in pids  # detection never imported the agent
+    listed = [s["id"] for s in server.http.get("/sessions").json()["sessions"]]
+    assert listed == [answer["id"], second["id"]]
 
 
-def test_failures_and_bad_requests(launch: Callable[..., Launcher], probe_dir: Path) -> None:
-    """Invalid JSON is a 400 with a message; a raising bot() ends its session as failed."""
-    launcher, base = _serve(launch, str(SESSION_PROBE))
-    code, _, error = _request("POST", f"{base}/sessions", b"{not json")
-    assert code == 400 and "not valid JSON" in str(error)
-    code, _, created = _request("POST", f"{base}/sessions", b'{"fail": true}')
-    assert code == 201 and isinstance(created, dict)
-    failed = _wait_state(base, str(created["id"]), {"failed", "ended"})
-    assert (failed["state"], failed["exit_code"]) == ("failed", 1)
-    assert "the bot failed on purpose" in launcher.output()
+def test_api_errors(serve: Callable[..., Server]) -> None:
+    """Invalid JSON is a 400 that says why; an unknown session is a 404."""
+    server = serve("--idle", "1")
+    bad = server.post(content=b'{"room": ')
+    assert bad.status_code == 400
+    assert "not valid JSON" in bad.json()["error"] and "column" in bad.json()["error"]
+    assert server.http.get("/sessions/nope").status_code == 404
+    assert server.http.delete("/sessions/nope").status_code == 404
+    empty = server.post(content=b"")
+    assert empty.status_code == 201 and server.file(f"{empty.json()['id']}.json")["body"] == {}
 
 
-def test_capacity_answers_429_with_retry_after(
-    launch: Callable[..., Launcher], probe_dir: Path
-) -> None:
-    """At --max-sessions, a new session gets 429 and Retry-After, as Pipecat Cloud does."""
-    _launcher, base = _serve(launch, "--max-sessions", "1", str(SESSION_PROBE))
-    code, _, first = _request("POST", f"{base}/sessions", b'{"seconds": 30}')
-    assert code == 201
-    code, headers, _ = _request("POST", f"{base}/sessions", b"{}")
-    assert code == 429 and {k.lower(): v for k, v in headers.items()}.get("retry-after") == "1"
-    assert isinstance(first, dict)
-    code, _, _ = _request("DELETE", f"{base}/sessions/{first['id']}")
-    assert code == 202
-    _wait_state(base, str(first["id"]), {"ended", "failed"})
-    assert _request("POST", f"{base}/sessions", b"{}")[0] == 201
+def test_max_sessions_and_delete(serve: Callable[..., Server]) -> None:
+    """At --max-sessions a start gets 429 with Retry-After; DELETE stops a session and frees its place."""
+    server = serve("--idle", "1", "--max-sessions", "1")
+    first = server.post({"seconds": 600}).json()
+    full = server.post({})
+    assert full.status_code == 429 and full.headers["Retry-After"] == "1"
+    assert "max-sessions" in full.json()["error"]
+    server.file(f"{first['id']}.json")
+    stopping = server.http.delete(f"/sessions/{first['id']}")
+    assert stopping.status_code == 202 and stopping.json()["state"] == "stopping"
+    ended = server.launcher.wait_event("session_ended", session=first["id"])
+    assert ended["outcome"] == "stopped"
+    assert server.file(f"{first['id']}.end") == {"outcome": "cancelled"}
+    assert server.http.get(f"/sessions/{first['id']}").json()["state"] == "stopped"
+    assert server.post({}).status_code == 201
 
 
-def test_read_after_write(cli: CLI, launch: Callable[..., Launcher], probe_dir: Path) -> None:
-    """50 rounds of `secrets set` then an immediate POST: every session sees the new value."""
-    cli("secrets", "set", "prod", "VALUE=v0")
-    _launcher, base = _serve(launch, "--secrets", "prod", "--idle", "2", str(SESSION_PROBE))
-    for round_ in range(1, 51):
-        assert cli("secrets", "set", "prod", f"VALUE=v{round_}").returncode == 0
-        code, _, created = _request("POST", f"{base}/sessions", b"{}")
-        assert code == 201 and isinstance(created, dict)
-        report = _report(probe_dir, str(created["id"]))
-        assert report["value"] == f"v{round_}", f"round {round_}: stale session"
+def test_failed_session_is_reported(serve: Callable[..., Server]) -> None:
+    """A session whose entrypoint raises ends `failed` with exit code 1."""
+    server = serve("--idle", "1")
+    answer = server.post({"fail": True}).json()
+    ended = server.launcher.wait_event("session_ended", session=answer["id"])
+    assert ended["outcome"] == "failed" and ended["code"] == 1
+    assert server.http.get(f"/sessions/{answer['id']}").json()["state"] == "failed"
 
 
-def test_term_drains_sessions_and_leaves_no_process(
-    launch: Callable[..., Launcher], probe_dir: Path
-) -> None:
-    """TERM: new sessions get 503, running ones finish, then nothing is left running."""
-    launcher, base = _serve(launch, "--idle", "2", str(SESSION_PROBE))
-    code, _, running = _request("POST", f"{base}/sessions", b'{"seconds": 1.5}')
-    assert code == 201 and isinstance(running, dict)
-    _report(probe_dir, str(running["id"]))
-    imports_before = (probe_dir / "imports").read_text().split()
-    launcher.signal(signal.SIGTERM)
-    launcher.wait_event("sessions_draining")
-    assert _request("POST", f"{base}/sessions", b"{}")[0] == 503
-    assert launcher.wait() == 0
-    for pid in {int(p) for p in imports_before} | {int(running["pid"])}:  # type: ignore[call-overload]
-        with pytest.raises(ProcessLookupError):
-            os.kill(pid, 0)
-    assert any(e.get("event") == "session_ended" and e.get("code") == 0 for e in launcher.events)
+def test_sync_entrypoint_option(serve: Callable[..., Server]) -> None:
+    """--entrypoint selects another function, here a plain def."""
+    server = serve("--idle", "1", "--entrypoint", "sync_bot")
+    answer = server.post({"x": 1}).json()
+    assert server.file(f"{answer['id']}.json")["kind"] == "sync"
 
 
-def test_entrypoint_option_selects_another_function(
-    launch: Callable[..., Launcher], probe_dir: Path
-) -> None:
-    """--entrypoint :other runs that function (sync) instead of bot()."""
-    _launcher, base = _serve(launch, "--entrypoint", ":other", str(SESSION_PROBE))
-    code, _, created = _request("POST", f"{base}/sessions", b"{}")
-    assert code == 201 and isinstance(created, dict)
-    assert _report(probe_dir, str(created["id"]))["entry"] == "other"
+def test_secret_values_are_masked(serve: Callable[..., Server]) -> None:
+    """A session printing its secret reaches the launcher's output as ***."""
+    server = serve("--idle", "1")
+    answer = server.post({"print_secret": True}).json()
+    server.launcher.wait_event("session_ended", session=answer["id"])
+    server.launcher.stop()
+    assert "the key is ***" in server.launcher.output()
+    assert "value-1" not in server.launcher.output()
 
 
-def test_plain_script_keeps_worker_mode(launch: Callable[..., Launcher]) -> None:
-    """A target without bot() runs as a worker pool, not in session mode."""
-    launcher = launch("--ready-delay", "0.1", str(PROBE))
-    launcher.wait_event("worker_ready")
-    assert not [e for e in launcher.events if e.get("event") == "sessions_listening"]
+@pytest.mark.slow
+def test_read_after_write_50_rounds(serve: Callable[..., Server], cli: CLI) -> None:
+    """50 times: `secrets set` returns, a session starts at once, and it sees the new value.
+
+    The file watch is off, so the guarantee comes from the check at dispatch alone; a session
+    started before the updates finishes on the values it started with."""
+    server = serve("--idle", "1")
+    busy = server.post({"seconds": 600}).json()
+    assert server.file(f"{busy['id']}.json")["key_sha256"] == sha("value-1")
+    for round_ in range(2, 52):
+        value = f"value-{round_}"
+        assert cli("secrets", "set", "demo", f"DEMO_API_KEY={value}").returncode == 0
+        answer = server.post({"round": round_}).json()
+        assert answer["secrets_version"] == round_
+        report = server.file(f"{answer['id']}.json")
+        assert (report["version"], report["key_sha256"]) == (str(round_), sha(value)), round_
+    still = server.http.get(f"/sessions/{busy['id']}").json()
+    assert still["state"] == "running" and still["secrets_version"] == 1
+    assert running(busy["pid"])
+    server.http.delete(f"/sessions/{busy['id']}")
+    server.launcher.wait_event("session_ended", session=busy["id"])
 
 
-def test_sessions_cli(cli: CLI, launch: Callable[..., Launcher], probe_dir: Path) -> None:
-    """`agent-run sessions start|list|show|stop` drive the session API."""
-    _launcher, base = _serve(launch, str(SESSION_PROBE))
-    listen = base.removeprefix("http://")
-    started = cli("sessions", "start", '{"seconds": 30}', "--listen", listen)
+def test_watch_refreshes_idle_processes(serve: Callable[..., Server], cli: CLI) -> None:
+    """With the watch on, a new version replaces the idle processes before the next session."""
+    server = serve("--idle", "1", watch=True)
+    server.imported(1)
+    assert cli("secrets", "set", "demo", "DEMO_API_KEY=value-2").returncode == 0
+    updated = server.launcher.wait_event("sessions_secrets_updated")
+    assert updated["to_version"] == 2 and updated["retired_idle"] == 1
+    server.imported(2)
+    answer = server.post({}).json()
+    assert server.file(f"{answer['id']}.json")["key_sha256"] == sha("value-2")
+
+
+def test_term_drains_then_exits_without_leftovers(serve: Callable[..., Server]) -> None:
+    """TERM: new sessions get 503, a running one finishes, then the launcher exits 0 and no process is left."""
+    server = serve("--idle", "2")
+    answer = server.post({"seconds": 2, "child": True}).json()
+    server.file(f"{answer['id']}.json")
+    server.launcher.signal(signal.SIGTERM)
+    server.launcher.wait_event("sessions_draining")
+    refused = server.post({})
+    assert refused.status_code == 503 and "draining" in refused.json()["error"]
+    assert server.launcher.wait(timeout=DEADLINE) == 0
+    assert server.file(f"{answer['id']}.end") == {"outcome": "returned"}
+    leftovers = [p for p in server.imported(2) + server.session_pids() if running(p)]
+    assert leftovers == []
+
+
+def test_drain_timeout_stops_sessions(serve: Callable[..., Server]) -> None:
+    """After --drain-timeout a session gets the stop signal, then its process group goes."""
+    server = serve("--idle", "1", "--drain-timeout", "0.5")
+    answers = [server.post({"seconds": 600, "child": True}).json() for _ in range(2)]
+    for answer in answers:
+        server.file(f"{answer['id']}.json")
+    server.launcher.signal(signal.SIGTERM)
+    assert server.launcher.wait(timeout=DEADLINE) == 0
+    for answer in answers:
+        assert server.file(f"{answer['id']}.end") == {"outcome": "cancelled"}
+    leftovers = [p for p in server.imported(2) + server.session_pids() if running(p)]
+    assert leftovers == []
+
+
+def test_sessions_cli(serve: Callable[..., Server], cli: CLI) -> None:
+    """`agent-run sessions start|list|show|stop` drive the running launcher."""
+    server = serve("--idle", "1")
+    server.imported(1)
+    started = cli("sessions", "start", "--body", '{"seconds": 600}', "--json")
     assert started.returncode == 0, started.stderr
-    session_id = json.loads(started.stdout)["id"]
-    listing = cli("sessions", "--listen", listen)
-    assert session_id in listing.stdout and "running" in listing.stdout
-    assert (
-        json.loads(cli("sessions", "show", session_id, "--listen", listen).stdout)["id"]
-        == session_id
-    )
-    assert cli("sessions", "stop", session_id, "--listen", listen).returncode == 0
-    _wait_state(base, session_id, {"ended", "failed"})
-    missing = cli("sessions", "show", "nope", "--listen", listen)
-    assert missing.returncode == 1 and "404" in missing.stderr
-    nobody = cli("sessions", "--listen", "127.0.0.1:1")
-    assert nobody.returncode == 78
+    session = json.loads(started.stdout)
+    assert server.file(f"{session['id']}.json")["body"] == {"seconds": 600}
+    listing = cli("sessions")
+    assert session["id"] in listing.stdout and "running" in listing.stdout
+    shown = cli("sessions", "show", session["id"], "--json")
+    assert json.loads(shown.stdout)["pid"] == session["pid"]
+    stopped = cli("sessions", "stop", session["id"])
+    assert stopped.returncode == 0 and "stopping" in stopped.stdout
+    server.launcher.wait_event("session_ended", session=session["id"])
+    missing = cli("sessions", "show", "nope")
+    assert missing.returncode == 1 and "no session 'nope'" in missing.stderr
+    bad = cli("sessions", "start", "--body", "{")
+    assert bad.returncode == 65 and "--body is not valid JSON" in bad.stderr
 
 
-def test_health_and_metrics_in_session_mode(
-    launch: Callable[..., Launcher], probe_dir: Path
-) -> None:
-    """--health in session mode: /readyz while accepting, session counters and start latency."""
-    launcher = launch(
-        "--listen", "127.0.0.1:0", "--health", "127.0.0.1:0", "--drain-timeout", "0.5", str(SESSION_PROBE)
-    )  # fmt: skip
-    api = launcher.wait_event("sessions_listening")["address"]
-    health = launcher.wait_event("health_listening")["address"]
-    for _ in range(3):
-        code, _, _created = _request("POST", f"http://{api}/sessions", b'{"seconds": 5}')
-        assert code == 201
-    ready = urllib.request.urlopen(f"http://{health}/readyz", timeout=10)
-    assert ready.status == 200
-    ready.close()
-    with urllib.request.urlopen(f"http://{health}/metrics", timeout=10) as response:
-        metrics = response.read().decode()
-    assert "agent_run_sessions_total 3.0" in metrics
-    assert "agent_run_sessions_active 3.0" in metrics
-    assert "agent_run_session_start_seconds_count 3.0" in metrics
+def test_plain_script_keeps_worker_mode(launch: Callable[..., Launcher], probe_dir: Path) -> None:
+    """A script without bot() still runs as a worker pool."""
+    launcher = launch("--ready-delay", "0", str(Path(__file__).parent / "agents" / "probe.py"))
+    launcher.wait_event("worker_ready")
+    assert not any(e.get("event") == "sessions_listening" for e in launcher.events)
 
 
-def test_update_while_processes_are_warming(
-    cli: CLI, launch: Callable[..., Launcher], probe_dir: Path
-) -> None:
-    """Updates that retire processes still importing the agent neither crash nor serve stale."""
-    cli("secrets", "set", "prod", "VALUE=v0")
-    _launcher, base = _serve(
-        launch,
-        "--secrets",
-        "prod",
-        "--idle",
-        "2",
-        str(SESSION_PROBE),
-        env={"PROBE_IMPORT_SECONDS": "0.3"},
-    )
-    for round_ in range(1, 6):
-        cli("secrets", "set", "prod", f"VALUE=v{round_}")  # retires the processes now warming
-        code, _, created = _request("POST", f"{base}/sessions", b"{}")
-        assert code == 201 and isinstance(created, dict), created
-        assert _report(probe_dir, str(created["id"]))["value"] == f"v{round_}"
+def test_health_and_metrics_in_session_mode(serve: Callable[..., Server]) -> None:
+    """--health: /readyz is 200 once the agent imported; /metrics counts sessions and start latency."""
+    server = serve("--idle", "1", "--health", "127.0.0.1:0")
+    health = f"http://{server.launcher.wait_event('health_listening')['address']}"
+    server.imported(1)
+    server.post({})
+    deadline = time.monotonic() + DEADLINE
+    while httpx.get(f"{health}/readyz").status_code != 200:
+        assert time.monotonic() < deadline, "never ready"
+        time.sleep(0.02)
+    metrics = httpx.get(f"{health}/metrics").text
+    assert "agent_run_sessions_total 1.0" in metrics
+    assert "agent_run_session_start_seconds_count 1.0" in metrics

@@ -70,63 +70,96 @@ def _parser() -> argparse.ArgumentParser:
         help="give up waiting after S seconds (default: wait for the result)",
     )
     reload.add_argument("--json", action="store_true", help="print the result as JSON")
-    sessions = commands.add_parser(
-        "sessions",
-        help="list, show, start or stop sessions of a session-mode launcher",
-        description="Talk to the session API of a launcher in session mode (its --listen).",
-    )
-    sessions.add_argument(
-        "action", nargs="?", default="list", choices=["list", "show", "start", "stop"]
-    )
-    sessions.add_argument("session", nargs="?", help="session id (show, stop) or JSON body (start)")
-    sessions.add_argument(
-        "--listen",
-        metavar="HOST:PORT",
-        default=os.environ.get("AGENT_RUN_LISTEN", "127.0.0.1:7860"),
-        help="the launcher's session API (default: $AGENT_RUN_LISTEN, else 127.0.0.1:7860)",
-    )
-    sessions.add_argument("--json", action="store_true", help="print JSON")
+    _sessions_parser(commands)
     return parser
 
 
-def _session_api(args: argparse.Namespace) -> int:
-    import urllib.error
-    import urllib.request
+def _sessions_parser(commands: Any) -> None:
+    sessions = commands.add_parser(
+        "sessions",
+        help="list, show, start or stop sessions of a session-mode launcher",
+        description=(
+            "Talk to a launcher in session mode (a target that defines bot()): the same "
+            "operations as its HTTP API (GET/POST/DELETE /sessions), through the control socket."
+        ),
+    )
+    actions = sessions.add_subparsers(dest="action", metavar="ACTION")
+    listing = actions.add_parser("list", help="every known session (the default)")
+    show = actions.add_parser("show", help="one session")
+    show.add_argument("id", help="the session id")
+    start = actions.add_parser("start", help="start a session and print its id")
+    start.add_argument(
+        "--body",
+        default="{}",
+        metavar="JSON",
+        help="the JSON the entrypoint receives as runner_args.body (default: {})",
+    )
+    stop = actions.add_parser("stop", help="stop a session (its stop signal, once)")
+    stop.add_argument("id", help="the session id")
+    for parser in (sessions, listing, show, start, stop):
+        _common(parser)
+        parser.add_argument("--json", action="store_true", help="print JSON")
 
-    base = f"http://{args.listen}/sessions"
-    method, url, body = "GET", base, None
-    if args.action in ("show", "stop"):
-        if not args.session:
-            raise UsageError(f"sessions {args.action} needs a session id")
-        url = f"{base}/{args.session}"
-        method = "DELETE" if args.action == "stop" else "GET"
-    elif args.action == "start":
-        body = (args.session or "{}").encode()
-        method = "POST"
-    request = urllib.request.Request(url, data=body, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            answer = json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        detail = json.loads(error.read() or b"{}").get("error", error.reason)
-        raise OperationFailed(f"session API at {args.listen}: {error.code} {detail}") from None
-    except OSError as error:
-        raise ConfigError(
-            f"no session API answers at {args.listen} ({error}); is a launcher in session mode "
-            "running there? (--listen)"
-        ) from None
-    if args.json or args.action != "list":
-        print(json.dumps(answer, indent=2))
-        return 0
-    rows = [("ID", "PID", "STATE", "VERSION", "START MS", "EXIT")]
-    for s in answer:
+
+def format_sessions(sessions: list[dict[str, Any]]) -> str:
+    """The human view of `agent-run sessions`: one row per session."""
+    if not sessions:
+        return "no sessions"
+    rows = [("ID", "PID", "STATE", "VERSION", "WARM", "START MS", "AGE", "EXIT")]
+    for item in sessions:
+        version = item.get("secrets_version")
         rows.append(
-            (s["id"], str(s["pid"]), s["state"], str(s["secrets_version"]), str(s["start_ms"]),
-             "-" if s["exit_code"] is None else str(s["exit_code"]))
-        )  # fmt: skip
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+            (
+                str(item["id"]),
+                str(item["pid"]),
+                str(item["state"]),
+                str(version if version is not None else "-"),
+                "yes" if item.get("warm") else "no",
+                str(item["start_ms"] if item.get("start_ms") is not None else "-"),
+                _uptime(item.get("created_at")),
+                str(item["exit_code"] if item.get("exit_code") is not None else "-"),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    )
+
+
+def _sessions(args: argparse.Namespace, path: Path) -> int:
+    action = args.action or "list"
+    fields: dict[str, Any] = {"action": action}
+    if action in ("show", "stop"):
+        fields["id"] = args.id
+    if action == "start":
+        try:
+            fields["body"] = json.loads(args.body)
+        except ValueError as error:
+            from launcher.errors import InvalidInput
+
+            raise InvalidInput(f"--body is not valid JSON: {error}") from None
+    answer = control.request(
+        path, "sessions", timeout=None if action == "start" else 10.0, **fields
+    )
+    if not answer.get("ok"):
+        message = str(answer.get("error", "no answer"))
+        if answer.get("status") is None and "unknown command" in message:
+            message = f"the launcher named {path.stem!r} is not in session mode"
+        raise OperationFailed(f"sessions {action}: {message}")
+    if args.json:
+        print(json.dumps(answer.get("sessions", answer.get("session")), indent=2))
+    elif action == "list":
+        print(format_sessions(answer["sessions"]))
+    else:
+        session = answer["session"]
+        verb = {"start": "started", "stop": "stopping", "show": ""}[action]
+        if action == "show":
+            print(format_sessions([session]))
+        else:
+            print(
+                f"session {session['id']} {verb} (pid {session['pid']}, "
+                f"secrets v{session['secrets_version']})"
+            )
     return 0
 
 
@@ -183,9 +216,9 @@ def format_status(status: dict[str, Any]) -> str:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "sessions":
-        return _session_api(args)
     path = control.choose(runtime_dir(args.store), args.name)
+    if args.command == "sessions":
+        return _sessions(args, path)
     if args.command == "status":
         answer = control.request(path, "status")
         if args.json:

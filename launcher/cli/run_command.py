@@ -223,7 +223,7 @@ OPTIONS: tuple[Option, ...] = (
         "listen",
         str,
         "127.0.0.1:7860",
-        "session mode: serve the session API on HOST:PORT",
+        "session mode: serve the session API (POST /sessions ...) on HOST:PORT",
         "HOST:PORT",
     ),
     Option(
@@ -231,7 +231,7 @@ OPTIONS: tuple[Option, ...] = (
         "idle",
         _non_negative_int,
         1,
-        "session mode: pre-warmed processes kept waiting for a session",
+        "session mode: processes kept pre-warmed (agent imported) waiting for a session",
         "N",
     ),
     Option(
@@ -239,7 +239,7 @@ OPTIONS: tuple[Option, ...] = (
         "max_sessions",
         _positive_int,
         None,
-        "session mode: sessions at once; more get 429 with Retry-After (default: no limit)",
+        "session mode: sessions at once; more are answered 429 with Retry-After",
         "N",
     ),
     Option(
@@ -247,8 +247,8 @@ OPTIONS: tuple[Option, ...] = (
         "entrypoint",
         str,
         None,
-        "session mode with this function (module:function, or :function in the target); "
-        "default: a target that defines bot() runs in session mode",
+        "session mode with this function: MODULE:FUNC, FILE.py:FUNC or FUNC in the target "
+        "(default: session mode when the target defines bot())",
         "MODULE:FUNC",
     ),
     Option(
@@ -585,15 +585,16 @@ def build_plan(config: RunConfig) -> Any:
 def main(argv: list[str]) -> int:
     dev = bool(argv) and argv[0] == "dev"
     config = build_config(argv[1:] if dev else argv, dev)
-    plan = build_plan(config)
-    if config.entrypoint or config.target.kind is not TargetKind.COMMAND:
-        from launcher.sessions import find_entrypoint
+    entry = None
+    if config.target.is_python or config.entrypoint:
+        from launcher.entrypoint import find_entrypoint
 
         entry = find_entrypoint(config.target, config.entrypoint)
-        if entry is not None:
-            from launcher.sessions import serve
+    plan = build_plan(config)
+    if entry is not None:
+        from launcher.sessions import serve
 
-            return serve(plan, entry)
+        return serve(plan, entry)
     from launcher.supervisor import run
 
     return run(plan)

@@ -1,0 +1,147 @@
+"""Which targets run in session mode, and which function serves a session (SPEC §5).
+
+A target runs in session mode when it defines `bot` at module level (Pipecat's convention,
+`async def bot(runner_args)`), or when `--entrypoint` names a function. Detection reads the
+source and never imports it: the agent's module-level code (heavy imports, model loading)
+must run once, in the process that serves the session, not also in the launcher.
+
+Decisions:
+- A plain text search for `def bot` comes first, so the worker-mode launch path (where most
+  scripts define no `bot`) pays neither `ast` nor a parse; `ast` then confirms that the
+  definition is at module level and not in a class, a string or a comment.
+- `-m package.module` is located with `PathFinder` one component at a time, which reads
+  directories only: `importlib.util.find_spec` would import (run) the parent packages.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+from typing import NamedTuple
+
+from launcher.config import Target, TargetKind
+from launcher.errors import InvalidInput, UsageError
+
+DEFAULT_FUNCTION = "bot"
+
+
+class Entrypoint(NamedTuple):
+    """What a session process imports and calls."""
+
+    kind: str  # "script" (a file path) or "module" (a dotted name)
+    target: str
+    function: str
+
+    def __str__(self) -> str:
+        return f"{self.target}:{self.function}"
+
+
+def defines(source: bytes, function: str, filename: str = "<agent>") -> bool:
+    """True when `source` defines `function` (def or async def) at module level."""
+    pattern = rb"^(?:async[ \t]+)?def[ \t]+" + re.escape(function.encode()) + rb"\b"
+    if re.search(pattern, source, re.MULTILINE) is None:
+        return False
+    import ast
+
+    try:
+        tree = ast.parse(source, filename=filename)
+    except (SyntaxError, ValueError):
+        return False  # the agent's own import reports the syntax error, with a traceback
+    return any(
+        isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == function
+        for node in tree.body
+    )
+
+
+def module_file(name: str, search: list[str] | None = None) -> Path | None:
+    """The source file `python -m name` would run, found without importing anything."""
+    from importlib.machinery import PathFinder
+
+    path: list[str] | None = search if search is not None else [os.getcwd(), *sys.path[1:]]
+    origin: str | None = None
+    parts = name.split(".")
+    for index, part in enumerate(parts):
+        if not part.isidentifier():
+            return None
+        spec = PathFinder.find_spec(".".join(parts[: index + 1]), path)
+        if spec is None:
+            return None
+        origin = spec.origin if spec.has_location else None
+        locations = spec.submodule_search_locations
+        path = list(locations) if locations is not None else None
+        if path is None and index < len(parts) - 1:
+            return None  # a plain module cannot have submodules
+    if path is not None:  # a package: -m runs its __main__
+        for directory in path:
+            candidate = Path(directory) / "__main__.py"
+            if candidate.is_file():
+                return candidate
+        return None
+    if origin is None or not origin.endswith(".py"):
+        return None
+    return Path(origin)
+
+
+def _source(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def _for_target(target: Target) -> tuple[str, str, Path | None]:
+    if target.kind is TargetKind.SCRIPT:
+        return "script", target.value, Path(target.value)
+    if target.kind is TargetKind.MODULE:
+        found = module_file(target.value)
+        module = target.value
+        if found is not None and found.name == "__main__.py" and not module.endswith("__main__"):
+            module += ".__main__"
+        return "module", module, found
+    raise UsageError(
+        "--entrypoint needs a Python target (bot.py or -m MODULE); "
+        f"{target.value} is run as a command"
+    )
+
+
+def find_entrypoint(target: Target, option: str | None) -> Entrypoint | None:
+    """The session entrypoint of `target`, or None when it runs as a pool of workers.
+
+    `option` is `--entrypoint`: `function` or `:function` (in the target),
+    `module:function` (a module on the path) or `path/to/file.py:function`.
+    """
+    if option is None:
+        if target.kind is TargetKind.COMMAND:
+            return None
+        kind, name, path = _for_target(target)
+        source = _source(path) if path is not None else None
+        if source is None or not defines(source, DEFAULT_FUNCTION, str(path)):
+            return None
+        return Entrypoint(kind, name, DEFAULT_FUNCTION)
+    module, _, function = option.rpartition(":")
+    if not function.isidentifier():
+        raise UsageError(
+            f"--entrypoint {option!r} is not MODULE:FUNCTION, FILE.py:FUNCTION or FUNCTION "
+            "(for example --entrypoint agent:run_session)"
+        )
+    if not module:
+        kind, name, path = _for_target(target)
+    elif module.endswith(".py"):
+        kind, name, path = "script", module, Path(module)
+        if not path.is_file():
+            raise InvalidInput(f"--entrypoint: {module} does not exist")
+    else:
+        kind, name, path = "module", module, module_file(module)
+        if path is None:
+            raise UsageError(
+                f"--entrypoint: no module {module!r} on the path "
+                f"(searched {os.getcwd()} and the interpreter's path)"
+            )
+    source = _source(path) if path is not None else None
+    if source is not None and not defines(source, function, str(path)):
+        raise UsageError(
+            f"--entrypoint: {path} defines no module-level function {function}() (def or async def)"
+        )
+    return Entrypoint(kind, name, function)
