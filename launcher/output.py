@@ -23,6 +23,7 @@ import os
 import re
 import _thread
 import select
+import time
 import urllib.parse
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -31,6 +32,7 @@ MASK = b"***"
 # Values shorter than this are not masked: "1" or "true" would mangle every line of output.
 MIN_MASKED_LENGTH = 4
 PARTIAL_FLUSH_S = 0.05
+HOLD_MAX_S = 1.0  # longest wait for the rest of a value split across writes
 MAX_LINE = 64 * 1024
 READ_SIZE = 64 * 1024
 
@@ -66,6 +68,8 @@ class Masker:
         self._automaton: Any = None
         self._pending: list[str] = list(values)
         self._lock = _thread.allocate_lock()
+        # Built on first need (only unfinished lines need it): every proper prefix of a form.
+        self._prefixes: tuple[set[bytes], set[bytes], int] | None = None
 
     def prepare(self) -> None:
         """Build the automaton now, if values are waiting (thread-safe, idempotent)."""
@@ -91,6 +95,20 @@ class Masker:
 
     def __bool__(self) -> bool:
         return self._automaton is not None or bool(self._pending)
+
+    def safe_length(self, data: bytes) -> int:
+        """How much of `data` can be written now: all of it, unless it ends with the start
+        of a form of a secret (the rest may be in the next read)."""
+        self.prepare()
+        patterns = self._patterns
+        if self._prefixes is None or self._prefixes[0] is not patterns:
+            prefixes = {p[:k] for p in patterns for k in range(1, len(p))}
+            self._prefixes = (patterns, prefixes, max(map(len, patterns), default=0))
+        _, prefixes, longest = self._prefixes
+        for size in range(min(len(data), longest - 1), 0, -1):
+            if data[-size:] in prefixes:
+                return len(data) - size
+        return len(data)
 
     def mask(self, data: bytes) -> bytes:
         if self._pending:
@@ -168,6 +186,22 @@ class Relay:
                 self.on_line(line)
         _write_all(target, self._masker.mask(data))
 
+    def _flush_partial(self, fd: int, tail: bytes, held_since: dict[int, float]) -> bytes:
+        """Write an unfinished line after a silence, holding back a possible secret's start.
+
+        A worker may write a value in two pieces; a tail that could begin a secret waits for
+        the rest (or for HOLD_MAX_S more silence, or the end of output). Returns what stays.
+        """
+        cut = self._masker.safe_length(tail)
+        if cut == 0:
+            now = time.monotonic()
+            if now - held_since.setdefault(fd, now) < HOLD_MAX_S:
+                return tail
+            cut = len(tail)
+        held_since.pop(fd, None)
+        self._emit(self._routes[fd], tail[:cut])
+        return tail[cut:]
+
     def _run(self) -> None:
         self._masker.prepare()  # off the spawn path, while the worker's interpreter starts
         poller = select.poll()
@@ -176,6 +210,7 @@ class Relay:
             poller.register(fd, select.POLLIN)
             pending[fd] = b""
         open_fds = set(self._routes)
+        held_since: dict[int, float] = {}
         try:
             while open_fds:
                 timeout = PARTIAL_FLUSH_S * 1000 if any(pending.values()) else None
@@ -183,8 +218,7 @@ class Relay:
                 if not events:
                     for fd, tail in pending.items():  # silence: show the prompt as it is
                         if tail:
-                            self._emit(self._routes[fd], tail)
-                            pending[fd] = b""
+                            pending[fd] = self._flush_partial(fd, tail, held_since)
                     continue
                 for fd, _event in events:
                     try:
@@ -198,13 +232,14 @@ class Relay:
                             self._emit(self._routes[fd], pending[fd])
                             pending[fd] = b""
                         continue
+                    held_since.pop(fd, None)
                     data = pending[fd] + chunk
                     cut = data.rfind(b"\n") + 1
                     if cut == 0 and len(data) < MAX_LINE:
                         pending[fd] = data
                         continue
-                    if cut == 0:
-                        cut = len(data)
+                    if cut == 0:  # an endless line: write it, but never half a secret
+                        cut = self._masker.safe_length(data) or len(data)
                     pending[fd] = data[cut:]
                     self._emit(self._routes[fd], data[:cut])
         finally:
