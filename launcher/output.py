@@ -17,11 +17,11 @@ caught; a partial line (a prompt) is written after PARTIAL_FLUSH_S of silence.
 
 from __future__ import annotations
 
+import _thread
 import base64
 import contextlib
 import os
 import re
-import _thread
 import select
 import time
 import urllib.parse

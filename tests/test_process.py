@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -46,14 +47,10 @@ def run_child() -> Iterator[list[int]]:
     pids: list[int] = []
     yield pids
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        try:
+        with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
 
 
 def _capture(argv: list[str], **kwargs: object) -> tuple[int, str]:
@@ -99,7 +96,11 @@ def test_only_passed_fds_are_inherited() -> None:
     os.set_inheritable(stray_r, True)
     try:
         code, output = _capture(
-            [sys.executable, "-c", "import os; print(sorted(map(int, os.listdir('/proc/self/fd'))))"],
+            [
+                sys.executable,
+                "-c",
+                "import os; print(sorted(map(int, os.listdir('/proc/self/fd'))))",
+            ],
             pass_fds=(keep_r,),
         )
     finally:

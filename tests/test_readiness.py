@@ -30,7 +30,10 @@ ROOT = Path(__file__).parent.parent
         ("tcp:8080", ReadySpec("tcp", "8080")),
         ("tcp:{port}", ReadySpec("tcp", "{port}")),
         ("http://x", None),
-        ("http:http://127.0.0.1:{port}/health", ReadySpec("http", "http://127.0.0.1:{port}/health")),
+        (
+            "http:http://127.0.0.1:{port}/health",
+            ReadySpec("http", "http://127.0.0.1:{port}/health"),
+        ),
         ("log:registered worker", ReadySpec("log", "registered worker")),
         ("log:a:b", ReadySpec("log", "a:b")),
     ],
@@ -75,7 +78,7 @@ async def test_tcp_probe_waits_until_the_port_listens() -> None:
 class _Health(BaseHTTPRequestHandler):
     status = 503
 
-    def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+    def do_GET(self) -> None:
         self.send_response(type(self).status)
         self.end_headers()
 

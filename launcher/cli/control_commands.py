@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher import control
-from launcher.errors import ConfigError, OperationFailed, UsageError
+from launcher.errors import OperationFailed
 
 
 def runtime_dir(store: str | None) -> Path:
