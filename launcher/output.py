@@ -203,7 +203,6 @@ class Relay:
         return tail[cut:]
 
     def _run(self) -> None:
-        self._masker.prepare()  # off the spawn path, while the worker's interpreter starts
         poller = select.poll()
         pending: dict[int, bytes] = {}
         for fd in self._routes:
@@ -212,6 +211,9 @@ class Relay:
         open_fds = set(self._routes)
         held_since: dict[int, float] = {}
         try:
+            # Off the spawn path, while the worker's interpreter starts. If the masker cannot
+            # be built, nothing is relayed unmasked: the fds close (the worker gets EPIPE).
+            self._masker.prepare()
             while open_fds:
                 timeout = PARTIAL_FLUSH_S * 1000 if any(pending.values()) else None
                 events = poller.poll(timeout)

@@ -30,8 +30,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from launcher.output import Masker, Relay
-from launcher.status import WorkerState
 
+# `launcher.status` (enums, NamedTuples: ~1 ms) is imported by the methods that need it: a
+# Worker is only built after the fork, so its import overlaps the agent's start-up instead
+# of delaying it.
 if TYPE_CHECKING:
     import anyio
 
@@ -115,6 +117,8 @@ class Worker:
         self.relay = relay
         self.started_at = time.time()
         self.started_monotonic = time.monotonic()
+        from launcher.status import WorkerState
+
         self.state = WorkerState.STARTING
         self.exit_code: int | None = None
         self.stop_sent = False
@@ -145,6 +149,8 @@ class Worker:
         """The stop signal, once: a second one would make a LiveKit worker drop its calls."""
         if not self.stop_sent and self.alive:
             self.stop_sent = True
+            from launcher.status import WorkerState
+
             self.state = WorkerState.DRAINING
             self.send(sig)
 
@@ -155,6 +161,8 @@ class Worker:
 
     def reaped(self, status: int) -> None:
         self.exit_code = exit_code(status)
+        from launcher.status import WorkerState
+
         if self.state is not WorkerState.DRAINING:
             self.state = WorkerState.EXITED
 
