@@ -26,6 +26,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -229,7 +230,11 @@ def fork_exec(
     # second SIGINT. The child restores default dispositions before unblocking.
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
     try:
-        pid = os.fork()
+        with warnings.catch_warnings():
+            # Python >= 3.12 warns about fork() in a threaded process (our relay threads):
+            # the child here runs no Python that could need a lock another thread holds.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
     except OSError:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         raise
@@ -266,6 +271,10 @@ def fork_exec(
         finally:
             os._exit(127)
     signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    # Also from this side, so a stop or kill_group() sent right after the fork reaches the
+    # new group even if the child has not run yet (EACCES once it has exec'd: already done).
+    with contextlib.suppress(OSError):
+        os.setpgid(pid, pid)
     return pid
 
 
