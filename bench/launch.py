@@ -1,8 +1,10 @@
 """Launch benchmark: time to an agent's first output line, and masking throughput.
 
 Run: python bench/launch.py
-- first line: `python bot.py` vs `agent-run --secrets S bot.py` (20 secrets), same run, and a
-  minimal Python launcher (imports, spawn, relay; no logic) as the floor of the design;
+- first line: `python bot.py` vs `agent-run --secrets S bot.py` (20 secrets), same run, beside
+  three floors: a bare launcher (a second interpreter, posix_spawn, a relay thread: what any
+  Python launcher pays), the same plus `Store.read` of the set (what decrypting through the
+  store adds), and a minimal launcher with the imports a supervisor needs (the old floor);
 - relay: MB/s of worker output through agent-run with 100 secrets masked, beside --no-mask.
 """
 
@@ -42,6 +44,39 @@ def relay():
         os.write(1, data)
 threading.Thread(target=relay, daemon=True).start()
 proc.wait()
+"""
+# The absolute floor of any launcher written in Python: a second interpreter start, a
+# posix_spawn and a relay thread, no imports at all (so no decryption, no parent-death signal).
+BARE = """
+import os, sys, _thread
+r, w = os.pipe()
+pid = os.posix_spawn(sys.executable, [sys.executable, sys.argv[1]], os.environ,
+                     file_actions=[(os.POSIX_SPAWN_DUP2, w, 1)], setpgroup=0)
+os.close(w)
+def relay():
+    while data := os.read(r, 65536):
+        os.write(1, data)
+_thread.start_new_thread(relay, ())
+os.waitpid(pid, 0)
+"""
+# The store's share: the same bare launcher, but reading and decrypting the set through
+# launcher.store first (its imports included) and putting it in the environment.
+STORE_FLOOR = """
+import os, sys, _thread
+from launcher.keys import load_master_key
+from launcher.store import Store
+store = Store.open(None)
+secret_set = store.read(sys.argv[2], load_master_key(store.root))
+r, w = os.pipe()
+pid = os.posix_spawn(sys.executable, [sys.executable, sys.argv[1]],
+                     {**os.environ, **secret_set.plain()},
+                     file_actions=[(os.POSIX_SPAWN_DUP2, w, 1)], setpgroup=0)
+os.close(w)
+def relay():
+    while data := os.read(r, 65536):
+        os.write(1, data)
+_thread.start_new_thread(relay, ())
+os.waitpid(pid, 0)
 """
 BOT = "print('agent up', flush=True)\nimport time\ntime.sleep(30)\n"
 CHATTY = (
@@ -108,10 +143,24 @@ def main() -> None:
         floor = [
             first_line_ms([sys.executable, str(floor_script), str(bot)], env) for _ in range(RUNS)
         ]
+        bare_script = Path(tmp) / "bare.py"
+        bare_script.write_text(BARE)
+        bare = [
+            first_line_ms([sys.executable, str(bare_script), str(bot)], env) for _ in range(RUNS)
+        ]
+        store_script = Path(tmp) / "store_floor.py"
+        store_script.write_text(STORE_FLOOR)
+        store_env = {**env, "PYTHONPATH": str(ROOT)}
+        store_floor = [
+            first_line_ms([sys.executable, str(store_script), str(bot), "s20"], store_env)
+            for _ in range(RUNS)
+        ]
         base = statistics.median(plain)
         print(f"{'time to first line':<44}{'median ms':>10}{'p90 ms':>9}{'ratio':>8}")
         for label, times in (
             ("python bot.py", plain),
+            ("bare launcher (no imports, posix_spawn)", bare),
+            ("bare launcher + Store.read of the set", store_floor),
             ("minimal Python launcher (the floor)", floor),
             ("agent-run --secrets S bot.py (20 secrets)", launched),
         ):

@@ -17,12 +17,13 @@ caught; a partial line (a prompt) is written after PARTIAL_FLUSH_S of silence.
 
 from __future__ import annotations
 
+import _thread
 import base64
 import contextlib
 import os
 import re
 import select
-import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -31,6 +32,7 @@ MASK = b"***"
 # Values shorter than this are not masked: "1" or "true" would mangle every line of output.
 MIN_MASKED_LENGTH = 4
 PARTIAL_FLUSH_S = 0.05
+HOLD_MAX_S = 1.0  # longest wait for the rest of a value split across writes
 MAX_LINE = 64 * 1024
 READ_SIZE = 64 * 1024
 
@@ -53,32 +55,64 @@ def _forms(value: str) -> set[bytes]:
 
 
 class Masker:
-    """Replaces every form of every secret value in a byte string."""
+    """Replaces every form of every secret value in a byte string.
+
+    Building the automaton (the encoded forms, the ahocorasick import) costs ~1.5 ms for 20
+    values: it is deferred to the first `prepare()` or `mask()`, which a relay thread calls
+    as it starts, so the launcher spawns its workers first and the automaton is built while
+    the agent's interpreter starts. Nothing is relayed before it exists.
+    """
 
     def __init__(self, values: Iterable[str]) -> None:
         self._patterns: set[bytes] = set()
         self._automaton: Any = None
-        self.add(values)
+        self._pending: list[str] = list(values)
+        self._lock = _thread.allocate_lock()
+        # Built on first need (only unfinished lines need it): every proper prefix of a form.
+        self._prefixes: tuple[set[bytes], set[bytes], int] | None = None
+
+    def prepare(self) -> None:
+        """Build the automaton now, if values are waiting (thread-safe, idempotent)."""
+        if self._pending:
+            self.add(())
 
     def add(self, values: Iterable[str]) -> None:
         """Mask these values too (a rollout's new values; the old ones stay masked, since
         draining workers still hold them). Relay threads see the new automaton at once."""
-        patterns = set(self._patterns)
-        for value in values:
-            patterns |= _forms(value)
-        if patterns == self._patterns:
-            return
-        import ahocorasick_rs
+        with self._lock:
+            pending, self._pending = [*self._pending, *values], []
+            patterns = set(self._patterns)
+            for value in pending:
+                patterns |= _forms(value)
+            if patterns == self._patterns:
+                return
+            import ahocorasick_rs
 
-        self._patterns = patterns
-        self._automaton = ahocorasick_rs.BytesAhoCorasick(
-            sorted(patterns), matchkind=ahocorasick_rs.MatchKind.LeftmostLongest
-        )
+            automaton = ahocorasick_rs.BytesAhoCorasick(
+                sorted(patterns), matchkind=ahocorasick_rs.MatchKind.LeftmostLongest
+            )
+            self._patterns, self._automaton = patterns, automaton
 
     def __bool__(self) -> bool:
-        return self._automaton is not None
+        return self._automaton is not None or bool(self._pending)
+
+    def safe_length(self, data: bytes) -> int:
+        """How much of `data` can be written now: all of it, unless it ends with the start
+        of a form of a secret (the rest may be in the next read)."""
+        self.prepare()
+        patterns = self._patterns
+        if self._prefixes is None or self._prefixes[0] is not patterns:
+            prefixes = {p[:k] for p in patterns for k in range(1, len(p))}
+            self._prefixes = (patterns, prefixes, max(map(len, patterns), default=0))
+        _, prefixes, longest = self._prefixes
+        for size in range(min(len(data), longest - 1), 0, -1):
+            if data[-size:] in prefixes:
+                return len(data) - size
+        return len(data)
 
     def mask(self, data: bytes) -> bytes:
+        if self._pending:
+            self.prepare()
         automaton = self._automaton  # one read: add() may swap it from another thread
         if automaton is None:
             return data
@@ -97,11 +131,11 @@ class Masker:
         return self.mask(text.encode("utf-8", "surrogateescape")).decode("utf-8", "replace")
 
 
-_write_locks: dict[int, threading.Lock] = {}
+_write_locks: dict[int, _thread.LockType] = {}
 
 
 def _write_all(fd: int, data: bytes) -> None:
-    lock = _write_locks.setdefault(fd, threading.Lock())
+    lock = _write_locks.setdefault(fd, _thread.allocate_lock())
     with lock:  # whole chunks: lines of two workers never interleave mid-line
         view = memoryview(data)
         while view:
@@ -128,18 +162,45 @@ class Relay:
         self._routes = routes
         self._masker = masker
         self.on_line = on_line  # sees each complete line before masking (log: readiness)
-        self.finished = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.name = name
+        self._running = _thread.allocate_lock()  # held while the relay runs
 
     def start(self) -> Relay:
-        self._thread.start()
+        # `_thread`, not `threading`: importing threading costs ~1 ms on the launch critical
+        # path, and a relay needs nothing of it (it is never joined: it ends when the
+        # worker's fds close, and must not keep the launcher alive on its own).
+        self._running.acquire()
+        _thread.start_new_thread(self._run, ())
         return self
+
+    def wait(self, timeout: float = -1) -> bool:
+        """True once every fd of the worker has closed and its last line was written."""
+        if self._running.acquire(True, timeout):
+            self._running.release()
+            return True
+        return False
 
     def _emit(self, target: int, data: bytes) -> None:
         if self.on_line is not None:
             for line in data.splitlines():
                 self.on_line(line)
         _write_all(target, self._masker.mask(data))
+
+    def _flush_partial(self, fd: int, tail: bytes, held_since: dict[int, float]) -> bytes:
+        """Write an unfinished line after a silence, holding back a possible secret's start.
+
+        A worker may write a value in two pieces; a tail that could begin a secret waits for
+        the rest (or for HOLD_MAX_S more silence, or the end of output). Returns what stays.
+        """
+        cut = self._masker.safe_length(tail)
+        if cut == 0:
+            now = time.monotonic()
+            if now - held_since.setdefault(fd, now) < HOLD_MAX_S:
+                return tail
+            cut = len(tail)
+        held_since.pop(fd, None)
+        self._emit(self._routes[fd], tail[:cut])
+        return tail[cut:]
 
     def _run(self) -> None:
         poller = select.poll()
@@ -148,15 +209,18 @@ class Relay:
             poller.register(fd, select.POLLIN)
             pending[fd] = b""
         open_fds = set(self._routes)
+        held_since: dict[int, float] = {}
         try:
+            # Off the spawn path, while the worker's interpreter starts. If the masker cannot
+            # be built, nothing is relayed unmasked: the fds close (the worker gets EPIPE).
+            self._masker.prepare()
             while open_fds:
                 timeout = PARTIAL_FLUSH_S * 1000 if any(pending.values()) else None
                 events = poller.poll(timeout)
                 if not events:
                     for fd, tail in pending.items():  # silence: show the prompt as it is
                         if tail:
-                            self._emit(self._routes[fd], tail)
-                            pending[fd] = b""
+                            pending[fd] = self._flush_partial(fd, tail, held_since)
                     continue
                 for fd, _event in events:
                     try:
@@ -170,30 +234,31 @@ class Relay:
                             self._emit(self._routes[fd], pending[fd])
                             pending[fd] = b""
                         continue
+                    held_since.pop(fd, None)
                     data = pending[fd] + chunk
                     cut = data.rfind(b"\n") + 1
                     if cut == 0 and len(data) < MAX_LINE:
                         pending[fd] = data
                         continue
-                    if cut == 0:
-                        cut = len(data)
+                    if cut == 0:  # an endless line: write it, but never half a secret
+                        cut = self._masker.safe_length(data) or len(data)
                     pending[fd] = data[cut:]
                     self._emit(self._routes[fd], data[:cut])
         finally:
             for fd in self._routes:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-            self.finished.set()
+            self._running.release()
 
 
 def log_matcher(pattern: str, on_match: Callable[[], None]) -> Callable[[bytes], None]:
     """A line callback that calls `on_match` once, on the first line matching `pattern`."""
     regex = re.compile(pattern.encode())
-    fired = threading.Event()
+    fired: list[bool] = []  # one relay thread per worker calls this: no lock needed
 
     def check(line: bytes) -> None:
-        if not fired.is_set() and regex.search(line):
-            fired.set()
+        if not fired and regex.search(line):
+            fired.append(True)
             on_match()
 
     return check

@@ -394,6 +394,8 @@ class Pool:
         for slot in self.slots:
             w = slot.worker
             state = w.state if w is not None else slot.state
+            if w is not None and not w.alive and slot.state is WorkerState.BACKOFF:
+                state = WorkerState.BACKOFF  # a crash loop must show in status and metrics
             workers.append(
                 WorkerStatus(
                     slot=slot.index,

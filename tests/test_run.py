@@ -312,3 +312,36 @@ def test_dev_mode_restarts_on_code_change(
     launcher.wait_event("rollout_succeeded")
     second = launcher.wait_event("worker_ready")["pid"]
     assert second != first
+
+
+def test_no_secret_value_in_any_launcher_output(cli: CLI) -> None:
+    """A worker leaking its secret everywhere (output, STATUS=, a traceback) never gets it past the launcher."""
+    value = 'pk_live "quoted" \\back/slash+plus=eq-7781'
+    cli("secrets", "set", "prod", f"LEAKY_TOKEN={value}")
+    script = (
+        "import base64, os, sys, urllib.parse\n"
+        "from launcher import notify_ready, notify_status\n"
+        "v = os.environ['LEAKY_TOKEN']\n"
+        "print('stdout', v, base64.b64encode(v.encode()).decode(), flush=True)\n"
+        "print('stderr', urllib.parse.quote(v, safe=''), file=sys.stderr, flush=True)\n"
+        "notify_ready(status=v)\n"
+        "notify_status('status ' + v)\n"
+        "raise RuntimeError('cannot authenticate with ' + v)\n"
+    )
+    result = cli(
+        "--secrets", "prod", "--ready", "notify", "--restart", "on-failure",
+        "--max-restarts", "1", "--log-format", "json", "--", sys.executable, "-c", script,
+        env={"PYTHONPATH": str(Path(__file__).parent.parent)},
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output  # the slot gave up after its restart
+    assert output.count("cannot authenticate with ***") == 2
+    assert "stdout ***" in result.stdout and "stderr ***" in result.stderr
+    for form in (
+        value,
+        base64.b64encode(value.encode()).decode(),
+        urllib.parse.quote(value, safe=""),
+        value.replace("\\", "\\\\").replace('"', '\\"'),  # as JSON would escape it
+        "pk_live",  # no fragment either
+    ):
+        assert form not in output

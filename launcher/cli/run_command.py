@@ -6,7 +6,10 @@ module only resolves and validates; the supervisor does the work. It stays light
 critical path runs through it.
 """
 
-from __future__ import annotations
+
+# No `from __future__ import annotations` here: typing.NamedTuple turns string annotations
+# into ForwardRefs by compiling each one (~40 us a field), ~1 ms for this module on the
+# launch critical path; evaluated annotations cost nothing.
 
 import os
 import signal
