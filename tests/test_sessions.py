@@ -235,7 +235,9 @@ def test_term_drains_then_exits_without_leftovers(serve: Callable[..., Server]) 
     assert refused.status_code == 503 and "draining" in refused.json()["error"]
     assert server.launcher.wait(timeout=DEADLINE) == 0
     assert server.file(f"{answer['id']}.end") == {"outcome": "returned"}
-    leftovers = [p for p in server.imported(2) + server.session_pids() if running(p)]
+    # At least the session's process imported the agent; the refill may have been retired
+    # before it got that far (TERM came first), so waiting for two imports could never end.
+    leftovers = [p for p in server.imported(1) + server.session_pids() if running(p)]
     assert leftovers == []
 
 
