@@ -32,6 +32,25 @@ def _redactor(
     return redact
 
 
+class _WholeLines:
+    """stderr for log events, written as whole lines under the relay's lock.
+
+    Worker output is relayed to the same fd by other threads; `print()` writes an event and
+    its newline separately, so a relayed line could land between them and glue a worker's
+    traceback onto a JSON event. WriteLogger writes event and newline in one call, and this
+    hands it to the relay's writer, which holds the per-fd lock.
+    """
+
+    def write(self, text: str) -> int:
+        from launcher.output import write_whole
+
+        write_whole(2, text.encode("utf-8", "replace"))
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
 def configure(log_format: LogFormat, masker: Masker) -> Log:
     """Configure structlog for the launcher and return `log(event, level=..., **fields)`."""
     import structlog
@@ -51,7 +70,7 @@ def configure(log_format: LogFormat, masker: Masker) -> Log:
             _redactor(masker),
             renderer,
         ],
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.WriteLoggerFactory(file=_WholeLines()),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
     logger = structlog.get_logger("agent-run")

@@ -134,7 +134,8 @@ class Masker:
 _write_locks: dict[int, _thread.LockType] = {}
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_whole(fd: int, data: bytes) -> None:
+    """Write all of `data` to `fd` in one piece with respect to every other writer here."""
     lock = _write_locks.setdefault(fd, _thread.allocate_lock())
     with lock:  # whole chunks: lines of two workers never interleave mid-line
         view = memoryview(data)
@@ -184,7 +185,7 @@ class Relay:
         if self.on_line is not None:
             for line in data.splitlines():
                 self.on_line(line)
-        _write_all(target, self._masker.mask(data))
+        write_whole(target, self._masker.mask(data))
 
     def _flush_partial(self, fd: int, tail: bytes, held_since: dict[int, float]) -> bytes:
         """Write an unfinished line after a silence, holding back a possible secret's start.
