@@ -211,7 +211,8 @@ class SessionRuntime:
             session.state = "failed"
             warm.worker.kill_group()
             raise Refused(500, f"session process {warm.pid} exited before the entrypoint ran")
-        session.state = "running"
+        if session.state == "starting":  # it may already have ended while we waited
+            session.state = "running"
         session.started_at = time.time()
         seconds = time.perf_counter() - requested
         session.start_ms = round(seconds * 1000, 3)
