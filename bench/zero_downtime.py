@@ -1,14 +1,16 @@
 """Zero-downtime benchmark: steady load while secrets are updated, beside gunicorn reloads.
 
-Run: python bench/zero_downtime.py [--seconds 20] [--updates 20]
-Both servers run 4 workers on one 127.0.0.1 port and get the same bounded load: CLIENTS
-threads, each sending requests one after another on a new connection (Connection: close),
-for SECONDS. During the load:
+Run: python bench/zero_downtime.py [--seconds 20] [--updates 20] [--rate 1000]
+Both servers run 4 workers on one 127.0.0.1 port and get the same bounded, open-loop load
+(bench/open_loop.py, its own process): RATE requests per second on a fixed schedule, each on
+a new connection (Connection: close): SECONDS of steady load, then SECONDS during which
 - agent-run (sample_agents/http_agent.py, SO_REUSEPORT, --ready notify) gets UPDATES
   `agent-run secrets set` calls, each rolling all 4 workers;
 - gunicorn (the `bench` extra; 4 sync workers, the same tiny app) gets UPDATES SIGHUPs.
-Printed: requests, failed requests, p50/p99 latency outside and during rollouts (a request
-is "during" if it starts within WINDOW_S after an update was triggered), and the ratio.
+Printed: requests, failed requests, p50/p99 latency in three windows: "steady" (the first
+half, no update), "during" (requests starting within WINDOW_S after an update was triggered:
+the update command, detection, the rollout and the old workers' drain) and "between" (the
+rest of the second half); and the ratio of the p99 during rollouts to the steady p99.
 
 With SO_REUSEPORT every worker has its own accept queue, and connections still queued on an
 old worker's socket when it closes are reset. Linux (>= 5.14) hands them to another socket of
@@ -28,12 +30,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CLIENTS = 4
 WINDOW_S = 0.5
 REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
 GUNICORN_APP = """
@@ -72,47 +73,45 @@ def wait_listening(port: int, timeout: float = 60) -> None:
 
 
 def load(
-    port: int, seconds: float, trigger: callable, updates: int
-) -> tuple[list[tuple[float, float, bool]], list[float]]:  # type: ignore[valid-type]
-    """Run the load; call trigger() `updates` times, evenly spaced. Returns samples, triggers."""
-    samples: list[tuple[float, float, bool]] = []
-    stop = time.monotonic() + seconds
-    lock = threading.Lock()
-
-    def client() -> None:
-        mine = []
-        while time.monotonic() < stop:
-            start = time.monotonic()
-            ok = one_request(port)
-            mine.append((start, time.monotonic() - start, ok))
-        with lock:
-            samples.extend(mine)
-
-    threads = [threading.Thread(target=client) for _ in range(CLIENTS)]
-    for thread in threads:
-        thread.start()
-    triggers = []
-    spacing = seconds / (updates + 1)
-    for n in range(updates):
-        target = time.monotonic() + spacing
-        while time.monotonic() < target:
-            time.sleep(0.01)
-        triggers.append(time.monotonic())
-        trigger(n)
-    for thread in threads:
-        thread.join()
-    return samples, triggers
+    port: int, args: argparse.Namespace, trigger: Callable[[int], None]
+) -> tuple[list[tuple[float, float, bool]], float, list[float]]:
+    """Run the open-loop client for 2 x args.seconds: the first half steady, then
+    args.updates calls of trigger(), evenly spaced over the second half. Returns the client's
+    samples, the time the update phase began and the trigger times (one monotonic clock)."""
+    with tempfile.NamedTemporaryFile("r", suffix=".samples") as out:
+        client = subprocess.Popen(
+            [sys.executable, str(ROOT / "bench" / "open_loop.py"), "--port", str(port),
+             "--rate", str(args.rate), "--seconds", str(2 * args.seconds), "--out", out.name,
+             *(["--realtime"] if os.geteuid() == 0 else [])],
+        )  # fmt: skip
+        updating = time.monotonic() + args.seconds
+        triggers = []
+        spacing = args.seconds / args.updates
+        for n in range(args.updates):
+            pause = updating + spacing * n - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+            triggers.append(time.monotonic())
+            trigger(n)
+        if client.wait() != 0:
+            raise SystemExit("the load client failed")
+        samples = []
+        for line in out:
+            started, latency, ok = line.split()
+            samples.append((float(started), float(latency), ok == "1"))
+    return samples, updating, triggers
 
 
 def summarize(
-    label: str, samples: list[tuple[float, float, bool]], triggers: list[float]
-) -> tuple[float, float]:
+    label: str, samples: list[tuple[float, float, bool]], updating: float, triggers: list[float]
+) -> None:
     def during(start: float) -> bool:
         return any(t <= start < t + WINDOW_S for t in triggers)
 
     rows = {
-        "outside": [s for s in samples if not during(s[0])],
+        "steady": [s for s in samples if s[0] < updating],
         "during": [s for s in samples if during(s[0])],
+        "between": [s for s in samples if s[0] >= updating and not during(s[0])],
     }
     p99s = {}
     for name, rows_ in rows.items():
@@ -122,12 +121,11 @@ def summarize(
         p99 = latencies[int(len(latencies) * 0.99) - 1] if latencies else float("nan")
         p99s[name] = p99
         print(f"{label:<12}{name:<9}{len(rows_):>9}{failed:>8}{p50:>10.2f}{p99:>10.2f}")
-    ratio = p99s["during"] / p99s["outside"]
-    print(f"{label:<12}{'p99 during / outside':<35}{ratio:>9.2f}x")
-    return p99s["outside"], p99s["during"]
+    ratio = p99s["during"] / p99s["steady"]
+    print(f"{label:<12}{'p99 during / steady':<35}{ratio:>9.2f}x")
 
 
-def run_agent_run(seconds: float, updates: int) -> None:
+def run_agent_run(args: argparse.Namespace) -> None:
     agent_run = str(Path(sys.executable).parent / "agent-run")
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
@@ -161,14 +159,14 @@ def run_agent_run(seconds: float, updates: int) -> None:
                     capture_output=True,
                 )
 
-            samples, triggers = load(port, seconds, update, updates)
+            samples, updating, triggers = load(port, args, update)
         finally:
             launcher.send_signal(signal.SIGTERM)
             launcher.wait(timeout=60)
-    summarize("agent-run", samples, triggers)
+    summarize("agent-run", samples, updating, triggers)
 
 
-def run_gunicorn(seconds: float, updates: int) -> None:
+def run_gunicorn(args: argparse.Namespace) -> None:
     gunicorn = str(Path(sys.executable).parent / "gunicorn")
     if not Path(gunicorn).exists():
         print("gunicorn not installed: pip install -e '.[bench]'")
@@ -183,19 +181,20 @@ def run_gunicorn(seconds: float, updates: int) -> None:
         try:
             wait_listening(port)
             time.sleep(1)
-            samples, triggers = load(
-                port, seconds, lambda n: server.send_signal(signal.SIGHUP), updates
+            samples, updating, triggers = load(
+                port, args, lambda n: server.send_signal(signal.SIGHUP)
             )
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=60)
-    summarize("gunicorn", samples, triggers)
+    summarize("gunicorn", samples, updating, triggers)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--updates", type=int, default=20)
+    parser.add_argument("--rate", type=float, default=1000, help="requests per second")
     parser.add_argument("--no-migrate", action="store_true", help="leave tcp_migrate_req as it is")
     parser.add_argument("--in-netns", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -208,6 +207,8 @@ def main() -> None:
             str(args.seconds),
             "--updates",
             str(args.updates),
+            "--rate",
+            str(args.rate),
         ]
         script = "ip link set lo up && sysctl -qw net.ipv4.tcp_migrate_req=1 && exec " + " ".join(
             inner
@@ -215,12 +216,12 @@ def main() -> None:
         raise SystemExit(subprocess.call(["unshare", "--net", "sh", "-c", script]))
     migrate = Path("/proc/sys/net/ipv4/tcp_migrate_req").read_text().strip()
     print(
-        f"net.ipv4.tcp_migrate_req = {migrate}; {CLIENTS} clients, {args.seconds:g} s, {args.updates} updates"
+        f"net.ipv4.tcp_migrate_req = {migrate}; {args.rate:g} requests/s, {args.seconds:g} s, {args.updates} updates"
     )
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "launcher")], check=True)
     print(f"{'server':<12}{'window':<9}{'requests':>9}{'failed':>8}{'p50 ms':>10}{'p99 ms':>10}")
-    run_agent_run(args.seconds, args.updates)
-    run_gunicorn(args.seconds, args.updates)
+    run_agent_run(args)
+    run_gunicorn(args)
 
 
 if __name__ == "__main__":

@@ -319,12 +319,21 @@ class Pool:
         self.log("worker_stopping", slot=worker.slot, pid=worker.pid, version=worker.version)
         self.on_change()
         assert worker.exited is not None
+        stopping = time.monotonic()
         with anyio.move_on_after(self.config.drain_timeout if grace is None else grace):
             await worker.exited.wait()
         if worker.alive:
             self.log("worker_drain_timeout", slot=worker.slot, pid=worker.pid, level="warning")
             worker.kill_group()
             await worker.exited.wait()
+        else:
+            self.log(
+                "worker_drained",
+                slot=worker.slot,
+                pid=worker.pid,
+                code=worker.exit_code,
+                seconds=round(time.monotonic() - stopping, 3),
+            )
         if worker in self.draining:
             self.draining.remove(worker)
         self.on_change()

@@ -192,3 +192,18 @@ def test_shutdown_during_drain_never_sends_a_second_term(
     launcher.signal(signal.SIGTERM)  # while the old worker is still draining
     assert launcher.wait() == 0
     assert len(read_reports(probe_dir)[old]["terms"]) == 1  # type: ignore[arg-type]
+
+
+def test_drained_old_worker_is_reported_with_its_drain_time(
+    cli: CLI, launch: Callable[..., Launcher]
+) -> None:
+    """An old worker's exit after its stop signal is logged: pid, exit code, drain seconds."""
+    cli("secrets", "set", "prod", "N=1")
+    launcher = launch(
+        "--secrets", "prod", "--ready", "notify", str(PROBE), env={**NOTIFY, "PROBE_DRAIN": "0.4"}
+    )  # fmt: skip
+    (old,) = _ready_pids(launcher, 1)
+    cli("secrets", "set", "prod", "N=2")
+    drained = launcher.wait_event("worker_drained", pid=old)
+    assert drained["code"] == 0
+    assert 0.4 <= float(drained["seconds"]) < 10  # the probe sleeps 0.4 s after its TERM
