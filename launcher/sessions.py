@@ -37,6 +37,8 @@ from launcher.session_api import RETRY_AFTER_S, Refused
 from launcher.warm_pool import StartFailed, WarmPool, WarmProcess
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import anyio
     import anyio.abc
 
@@ -495,6 +497,8 @@ async def _main(
             log("health_listening", address=f"{health[0]}:{health[1]}")
         if config.watch and plan.watch_dir is not None and plan.fingerprint is not None:
             tg.start_soon(_refresh_on_change, plan, runtime, log)
+        if plan.code_dir is not None:
+            tg.start_soon(_reimport_on_code_change, plan.code_dir, runtime, log)
         if plan.run_dir is not None:
             tg.start_soon(_serve_control, plan, runtime, log)
 
@@ -530,6 +534,17 @@ async def _refresh_on_change(plan: Plan, runtime: SessionRuntime, log: Any) -> N
     async for _ in fingerprints(plan.watch_dir, plan.fingerprint, plan.initial_fingerprint):
         if not runtime.draining:
             await runtime.refresh()
+
+
+async def _reimport_on_code_change(directory: Path, runtime: SessionRuntime, log: Any) -> None:
+    """`agent-run dev`: idle processes imported the old code; replace them. Running sessions
+    finish on the code they started with, as they do on the secrets they started with."""
+    from launcher.watch import code_changes
+
+    async for files in code_changes(directory):
+        log("code_changed", files=",".join(files[:5]))
+        if not runtime.draining:
+            await runtime.reload()
 
 
 async def _serve_control(plan: Plan, runtime: SessionRuntime, log: Any) -> None:

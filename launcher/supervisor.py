@@ -204,18 +204,9 @@ async def _watch_store(plan: Plan, rollout: Any, log: Any) -> None:
 
 
 async def _watch_code(directory: Path, rollout: Any, log: Any) -> None:
-    import watchfiles
+    from launcher.watch import code_changes
 
-    from launcher.watch import RUST_TIMEOUT_MS
-
-    async for changes in watchfiles.awatch(
-        directory,
-        watch_filter=watchfiles.PythonFilter(),
-        debounce=200,
-        step=50,
-        rust_timeout=RUST_TIMEOUT_MS,
-    ):
-        files = sorted({Path(path).name for _change, path in changes})
+    async for files in code_changes(directory):
         log("code_changed", files=",".join(files[:5]))
         rollout.request("code changed")
 

@@ -1,4 +1,4 @@
-"""Store changes → reload requests.
+"""Store changes → reload requests; for `agent-run dev`, code changes too.
 
 The launcher watches the store *directory* (not the set's file): every write replaces the
 file by rename, and a Kubernetes volume is updated by swapping its `..data` symlink, so the
@@ -61,3 +61,19 @@ async def fingerprints(
         if current != last:
             last = current
             yield current
+
+
+async def code_changes(directory: Path) -> AsyncIterator[list[str]]:
+    """`agent-run dev`: yield the names of the .py files changed under `directory`.
+
+    Editors save in bursts (temp file, rename, chmod), so changes are grouped for 200 ms."""
+    import watchfiles
+
+    async for changes in watchfiles.awatch(
+        directory,
+        watch_filter=watchfiles.PythonFilter(),
+        debounce=200,
+        step=50,
+        rust_timeout=RUST_TIMEOUT_MS,
+    ):
+        yield sorted({Path(path).name for _change, path in changes})
