@@ -1,6 +1,6 @@
 """Zero-downtime benchmark: steady load while secrets are updated, beside gunicorn reloads.
 
-Run: python bench/zero_downtime.py [--seconds 20] [--updates 20] [--rate 1000]
+Run: python bench/zero_downtime.py [--seconds 20] [--updates 20] [--rate 1000] [--rounds 1]
 Both servers run 4 workers on one 127.0.0.1 port and get the same bounded, open-loop load
 (bench/open_loop.py, its own process): RATE requests per second on a fixed schedule, each on
 a new connection (Connection: close): SECONDS of steady load, then SECONDS during which
@@ -11,6 +11,8 @@ Printed: requests, failed requests, p50/p99 latency in three windows: "steady" (
 half, no update), "during" (requests starting within WINDOW_S after an update was triggered:
 the update command, detection, the rollout and the old workers' drain) and "between" (the
 rest of the second half); and the ratio of the p99 during rollouts to the steady p99.
+p99 on a shared 2-core machine moves between runs by more than the effect measured:
+--rounds N alternates the two servers N times and prints each one's median ratio.
 
 With SO_REUSEPORT every worker has its own accept queue, and connections still queued on an
 old worker's socket when it closes are reset. Linux (>= 5.14) hands them to another socket of
@@ -104,7 +106,9 @@ def load(
 
 def summarize(
     label: str, samples: list[tuple[float, float, bool]], updating: float, triggers: list[float]
-) -> None:
+) -> tuple[float, int]:
+    """Print the three windows; return the p99 ratio during / steady and the failed count."""
+
     def during(start: float) -> bool:
         return any(t <= start < t + WINDOW_S for t in triggers)
 
@@ -123,9 +127,10 @@ def summarize(
         print(f"{label:<12}{name:<9}{len(rows_):>9}{failed:>8}{p50:>10.2f}{p99:>10.2f}")
     ratio = p99s["during"] / p99s["steady"]
     print(f"{label:<12}{'p99 during / steady':<35}{ratio:>9.2f}x")
+    return ratio, sum(1 for s in samples if not s[2])
 
 
-def run_agent_run(args: argparse.Namespace) -> None:
+def run_agent_run(args: argparse.Namespace) -> tuple[float, int]:
     agent_run = str(Path(sys.executable).parent / "agent-run")
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
@@ -163,14 +168,14 @@ def run_agent_run(args: argparse.Namespace) -> None:
         finally:
             launcher.send_signal(signal.SIGTERM)
             launcher.wait(timeout=60)
-    summarize("agent-run", samples, updating, triggers)
+    return summarize("agent-run", samples, updating, triggers)
 
 
-def run_gunicorn(args: argparse.Namespace) -> None:
+def run_gunicorn(args: argparse.Namespace) -> tuple[float, int] | None:
     gunicorn = str(Path(sys.executable).parent / "gunicorn")
     if not Path(gunicorn).exists():
         print("gunicorn not installed: pip install -e '.[bench]'")
-        return
+        return None
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "bench_app.py").write_text(GUNICORN_APP)
@@ -187,7 +192,7 @@ def run_gunicorn(args: argparse.Namespace) -> None:
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=60)
-    summarize("gunicorn", samples, updating, triggers)
+    return summarize("gunicorn", samples, updating, triggers)
 
 
 def main() -> None:
@@ -195,6 +200,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--updates", type=int, default=20)
     parser.add_argument("--rate", type=float, default=1000, help="requests per second")
+    parser.add_argument("--rounds", type=int, default=1, help="alternate the servers N times")
     parser.add_argument("--no-migrate", action="store_true", help="leave tcp_migrate_req as it is")
     parser.add_argument("--in-netns", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -209,6 +215,8 @@ def main() -> None:
             str(args.updates),
             "--rate",
             str(args.rate),
+            "--rounds",
+            str(args.rounds),
         ]
         script = "ip link set lo up && sysctl -qw net.ipv4.tcp_migrate_req=1 && exec " + " ".join(
             inner
@@ -220,8 +228,19 @@ def main() -> None:
     )
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "launcher")], check=True)
     print(f"{'server':<12}{'window':<9}{'requests':>9}{'failed':>8}{'p50 ms':>10}{'p99 ms':>10}")
-    run_agent_run(args)
-    run_gunicorn(args)
+    results: dict[str, list[tuple[float, int]]] = {"agent-run": [], "gunicorn": []}
+    for _ in range(args.rounds):
+        results["agent-run"].append(run_agent_run(args))
+        if (baseline := run_gunicorn(args)) is not None:
+            results["gunicorn"].append(baseline)
+    if args.rounds > 1:
+        for label, rounds in results.items():
+            if rounds:
+                ratios = ", ".join(f"{r:.2f}" for r, _ in rounds)
+                print(
+                    f"{label:<12}median p99 during / steady {statistics.median(r for r, _ in rounds):.2f}x"
+                    f" (rounds: {ratios}); failed {sum(f for _, f in rounds)}"
+                )
 
 
 if __name__ == "__main__":
