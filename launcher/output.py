@@ -18,15 +18,15 @@ caught; a partial line (a prompt) is written after PARTIAL_FLUSH_S of silence.
 from __future__ import annotations
 
 import _thread
-import base64
-import contextlib
+import binascii
 import os
-import re
 import select
 import time
-import urllib.parse
 from collections.abc import Callable, Iterable
-from typing import Any
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (launch path)
+if TYPE_CHECKING:
+    from typing import Any
 
 MASK = b"***"
 # Values shorter than this are not masked: "1" or "true" would mangle every line of output.
@@ -37,18 +37,26 @@ MAX_LINE = 64 * 1024
 READ_SIZE = 64 * 1024
 
 
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
 def _forms(value: str) -> set[bytes]:
     """The spellings of a value that must not appear in output."""
+    # Run by the relay thread once the workers are spawned, so urllib.parse is imported
+    # here, off the launch critical path; base64 comes from binascii (`base64` imports re).
+    import urllib.parse
+
     found: set[bytes] = set()
     pieces = [value] + ([line.strip() for line in value.splitlines()] if "\n" in value else [])
     for piece in pieces:
         raw = piece.encode("utf-8")
         if len(raw) < MIN_MASKED_LENGTH:
             continue
+        encoded = binascii.b2a_base64(raw, newline=False)
         found.add(raw)
-        found.add(base64.b64encode(raw))
-        found.add(base64.urlsafe_b64encode(raw))
-        found.add(base64.b64encode(raw).rstrip(b"="))
+        found.add(encoded)
+        found.add(encoded.translate(_URLSAFE))  # base64.urlsafe_b64encode
+        found.add(encoded.rstrip(b"="))
         found.add(urllib.parse.quote(piece, safe="").encode())
         found.add(urllib.parse.quote_plus(piece, safe="").encode())
     return {form for form in found if len(form) >= MIN_MASKED_LENGTH}
@@ -247,13 +255,17 @@ class Relay:
                     self._emit(self._routes[fd], data[:cut])
         finally:
             for fd in self._routes:
-                with contextlib.suppress(OSError):
+                try:
                     os.close(fd)
+                except OSError:
+                    pass
             self._running.release()
 
 
 def log_matcher(pattern: str, on_match: Callable[[], None]) -> Callable[[bytes], None]:
     """A line callback that calls `on_match` once, on the first line matching `pattern`."""
+    import re
+
     regex = re.compile(pattern.encode())
     fired: list[bool] = []  # one relay thread per worker calls this: no lock needed
 
