@@ -81,6 +81,11 @@ def run(plan: Plan) -> int:
 
         raise OperationFailed(f"cannot start {config.target.argv()[0]}: {error.strerror}") from None
     # --- the critical path ends here: everything below may import what it needs ---------
+    # Relaying the agent's first line needs the masker. Built here, before the imports
+    # below, it is ready ~3 ms after the spawn; left to the relay thread, which shares the
+    # GIL with those imports, it was often ready only after that line (~12 ms).
+    if masker is not None:
+        masker.prepare()
     import anyio
 
     try:
