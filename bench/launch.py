@@ -61,12 +61,14 @@ os.waitpid(pid, 0)
 """
 # The store's share: the same bare launcher, but reading and decrypting the set through
 # launcher.store first (its imports included) and putting it in the environment.
+# (agent-run itself also pays `import re` in pip's console-script wrapper, ~5 ms, which no
+# floor here does.)
 STORE_FLOOR = """
 import os, sys, _thread
 from launcher.keys import load_master_key
 from launcher.store import Store
 store = Store.open(None)
-secret_set = store.read(sys.argv[2], load_master_key(store.root))
+secret_set = store.read(sys.argv[2], load_master_key(store.directory))
 r, w = os.pipe()
 pid = os.posix_spawn(sys.executable, [sys.executable, sys.argv[1]],
                      {**os.environ, **secret_set.plain()},

@@ -5,16 +5,13 @@ Options are resolved in this order: flags, then `AGENT_RUN_*` environment variab
 only ever see a `RunConfig`.
 """
 
-
-# No `from __future__ import annotations` here: typing.NamedTuple turns string annotations
-# into ForwardRefs by compiling each one (~40 us a field), ~1 ms for this module on the
-# launch critical path; evaluated annotations cost nothing.
+from __future__ import annotations
 
 import enum
 import signal
 import sys
-from pathlib import Path
-from typing import NamedTuple
+
+from launcher.record import NamedTuple
 
 
 class TargetKind(enum.Enum):
@@ -58,10 +55,10 @@ class Target(NamedTuple):
 class RunConfig(NamedTuple):
     target: Target
     # Where the secrets come from.
-    store: Path | None = None  # --store; None = AGENT_RUN_HOME / XDG default
-    key_file: Path | None = None
+    store: str | None = None  # --store; None = AGENT_RUN_HOME / XDG default
+    key_file: str | None = None
     secret_set: str | None = None
-    env_files: tuple[Path, ...] = ()
+    env_files: tuple[str, ...] = ()
     # The pool.
     workers: int = 1
     restart: RestartPolicy = RestartPolicy.ALWAYS

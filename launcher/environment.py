@@ -11,15 +11,12 @@ be tested without a process, and the supervisor can rebuild an environment for a
 secrets version without touching the others.
 """
 
-
-# No `from __future__ import annotations` here: typing.NamedTuple turns string annotations
-# into ForwardRefs by compiling each one (~40 us a field), ~1 ms for this module on the
-# launch critical path; evaluated annotations cost nothing.
+from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import NamedTuple
 
 from launcher.names import PLATFORM_CREDENTIALS
+from launcher.record import NamedTuple
 
 # Never inherited by a worker: the master key and where it comes from, and the systemd
 # handshake variables that address the launcher itself (a worker that used the launcher's

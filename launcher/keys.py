@@ -7,21 +7,27 @@
 5. `<store>/master.key`, created on first `secrets set` when no key exists at all.
 
 A key file readable by group or others is refused, as ssh refuses such private keys.
+
+Paths are plain strings (os.path), and base64 is binascii: this module is on the launch
+critical path, where `pathlib` would cost ~4 ms to import and `base64` would import `re`.
+Any `os.PathLike` is accepted.
 """
 
 from __future__ import annotations
 
-import base64
 import binascii
 import os
 import stat
 from collections.abc import Mapping
-from pathlib import Path
 
 from launcher import crypto
 from launcher.errors import ConfigError, PermissionProblem
 
-DOCKER_SECRET = Path("/run/secrets/agent-run.key")
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (launch path)
+if TYPE_CHECKING:
+    StrPath = str | os.PathLike[str]
+
+DOCKER_SECRET = "/run/secrets/agent-run.key"
 STORE_KEY_NAME = "master.key"
 
 
@@ -31,7 +37,7 @@ class MasterKey:
     __slots__ = ("created", "key", "path", "source")
 
     def __init__(
-        self, key: bytes, source: str, path: Path | None = None, created: bool = False
+        self, key: bytes, source: str, path: str | None = None, created: bool = False
     ) -> None:
         self.key = key
         self.source = source  # "AGENT_RUN_MASTER_KEY" or a file's path: said in errors
@@ -50,7 +56,7 @@ def decode_key(text: bytes, source: str) -> bytes:
     """A key is 32 bytes, written as base64 text (what `key init` writes) or raw."""
     stripped = text.strip()
     try:
-        key = base64.b64decode(stripped, validate=True)
+        key = crypto.b64decode(stripped)
     except (binascii.Error, ValueError):
         key = b""
     if len(key) == crypto.KEY_BYTES:
@@ -63,9 +69,10 @@ def decode_key(text: bytes, source: str) -> bytes:
     )
 
 
-def read_key_file(path: Path) -> MasterKey:
+def read_key_file(path: StrPath) -> MasterKey:
+    path = os.fspath(path)
     try:
-        info = path.stat()
+        info = os.stat(path)
     except FileNotFoundError:
         raise ConfigError(f"key file {path} does not exist") from None
     except PermissionError:
@@ -77,31 +84,30 @@ def read_key_file(path: Path) -> MasterKey:
             f"run `chmod 600 {path}`"
         )
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as stream:
+            data = stream.read()
     except PermissionError:
         raise PermissionProblem(f"cannot read key file {path}: permission denied") from None
-    return MasterKey(decode_key(data, str(path)), str(path), path)
+    return MasterKey(decode_key(data, path), path, path)
 
 
 def key_file_candidates(
-    store_root: Path, key_file: Path | None, environ: Mapping[str, str]
-) -> list[Path]:
+    store_root: StrPath, key_file: StrPath | None, environ: Mapping[str, str]
+) -> list[str]:
     """Key files in the order they are tried (the environment variable comes before all)."""
-    explicit = key_file or (
-        Path(environ["AGENT_RUN_KEY_FILE"]) if environ.get("AGENT_RUN_KEY_FILE") else None
-    )
+    explicit = key_file if key_file is not None else environ.get("AGENT_RUN_KEY_FILE") or None
     if explicit is not None:
-        return [explicit]  # asked for by name: never fall back to another key
-    candidates: list[Path] = []
+        return [os.fspath(explicit)]  # asked for by name: never fall back to another key
+    candidates: list[str] = []
     if environ.get("CREDENTIALS_DIRECTORY"):
-        candidates.append(Path(environ["CREDENTIALS_DIRECTORY"]) / "agent-run.key")
-    candidates += [DOCKER_SECRET, store_root / STORE_KEY_NAME]
+        candidates.append(os.path.join(environ["CREDENTIALS_DIRECTORY"], "agent-run.key"))
+    candidates += [os.fspath(DOCKER_SECRET), os.path.join(store_root, STORE_KEY_NAME)]
     return candidates
 
 
 def load_master_key(
-    store_root: Path,
-    key_file: Path | None = None,
+    store_root: StrPath,
+    key_file: StrPath | None = None,
     environ: Mapping[str, str] = os.environ,
     create: bool = False,
 ) -> MasterKey:
@@ -120,10 +126,10 @@ def load_master_key(
     candidates = key_file_candidates(store_root, key_file, environ)
     explicit = key_file is not None or bool(environ.get("AGENT_RUN_KEY_FILE"))
     for path in candidates:
-        if explicit or path.exists():
+        if explicit or os.path.exists(path):
             return read_key_file(path)
     if create:
-        path = store_root / STORE_KEY_NAME
+        path = os.path.join(store_root, STORE_KEY_NAME)
         try:
             write_key_file(path, crypto.new_key())
         except FileExistsError:
@@ -139,18 +145,20 @@ def load_master_key(
     )
 
 
-def write_key_file(path: Path, key: bytes) -> None:
+def write_key_file(path: StrPath, key: bytes) -> None:
     """Write a new key file, 0600 from birth, refusing to replace an existing one.
 
     The key is written to a temporary file first and hard-linked into place: `link` fails
     when the name exists, like O_EXCL, but the file appears with its content, so a process
     racing us never reads a half-written key. FileExistsError when a key is already there.
     """
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    path = os.fspath(path)
+    directory, name = os.path.split(path)
+    os.makedirs(directory or ".", mode=0o700, exist_ok=True)
+    tmp = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.write(fd, base64.b64encode(key) + b"\n")
+        os.write(fd, binascii.b2a_base64(key))
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -162,16 +170,19 @@ def write_key_file(path: Path, key: bytes) -> None:
         # A filesystem without hard links: O_EXCL still refuses to replace a key.
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.write(fd, base64.b64encode(key) + b"\n")
+            os.write(fd, binascii.b2a_base64(key))
             os.fsync(fd)
         finally:
             os.close(fd)
     finally:
-        tmp.unlink(missing_ok=True)
-    fsync_directory(path.parent)
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+    fsync_directory(directory or ".")
 
 
-def fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: StrPath) -> None:
     """Make a rename or a new file in `directory` durable."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:

@@ -18,15 +18,15 @@ caught; a partial line (a prompt) is written after PARTIAL_FLUSH_S of silence.
 from __future__ import annotations
 
 import _thread
-import base64
-import contextlib
+import binascii
 import os
-import re
 import select
 import time
-import urllib.parse
 from collections.abc import Callable, Iterable
-from typing import Any
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (launch path)
+if TYPE_CHECKING:
+    from typing import Any
 
 MASK = b"***"
 # Values shorter than this are not masked: "1" or "true" would mangle every line of output.
@@ -37,6 +37,21 @@ MAX_LINE = 64 * 1024
 READ_SIZE = 64 * 1024
 
 
+# The masker is built while the agent's interpreter starts, so the encodings are written
+# out here: `base64` imports re and `urllib.parse` costs ~3 ms to import (with ipaddress).
+_URLSAFE = bytes.maketrans(b"+/", b"-_")  # base64 -> base64.urlsafe_b64encode
+# RFC 3986 unreserved characters: what urllib.parse.quote(value, safe="") leaves as is.
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")
+
+
+def percent_encoded(raw: bytes, space: bytes = b"%20") -> bytes:
+    """`urllib.parse.quote(value, safe="")` of a value's UTF-8 bytes; with `space=b"+"`,
+    `urllib.parse.quote_plus(value, safe="")`."""
+    return b"".join(
+        bytes((c,)) if c in _UNRESERVED else space if c == 0x20 else b"%%%02X" % c for c in raw
+    )
+
+
 def _forms(value: str) -> set[bytes]:
     """The spellings of a value that must not appear in output."""
     found: set[bytes] = set()
@@ -45,22 +60,24 @@ def _forms(value: str) -> set[bytes]:
         raw = piece.encode("utf-8")
         if len(raw) < MIN_MASKED_LENGTH:
             continue
+        encoded = binascii.b2a_base64(raw, newline=False)
         found.add(raw)
-        found.add(base64.b64encode(raw))
-        found.add(base64.urlsafe_b64encode(raw))
-        found.add(base64.b64encode(raw).rstrip(b"="))
-        found.add(urllib.parse.quote(piece, safe="").encode())
-        found.add(urllib.parse.quote_plus(piece, safe="").encode())
+        found.add(encoded)
+        found.add(encoded.translate(_URLSAFE))
+        found.add(encoded.rstrip(b"="))
+        found.add(percent_encoded(raw))
+        found.add(percent_encoded(raw, space=b"+"))
     return {form for form in found if len(form) >= MIN_MASKED_LENGTH}
 
 
 class Masker:
     """Replaces every form of every secret value in a byte string.
 
-    Building the automaton (the encoded forms, the ahocorasick import) costs ~1.5 ms for 20
-    values: it is deferred to the first `prepare()` or `mask()`, which a relay thread calls
-    as it starts, so the launcher spawns its workers first and the automaton is built while
-    the agent's interpreter starts. Nothing is relayed before it exists.
+    Building the automaton (the encoded forms, the ahocorasick import) costs ~2.5 ms for 20
+    values: it is deferred to the first `prepare()` or `mask()`, which the supervisor calls
+    right after spawning its first workers (and a relay thread as it starts), so the
+    automaton is built while the agent's interpreter starts. Nothing is relayed before it
+    exists.
     """
 
     def __init__(self, values: Iterable[str]) -> None:
@@ -247,13 +264,17 @@ class Relay:
                     self._emit(self._routes[fd], data[:cut])
         finally:
             for fd in self._routes:
-                with contextlib.suppress(OSError):
+                try:
                     os.close(fd)
+                except OSError:
+                    pass
             self._running.release()
 
 
 def log_matcher(pattern: str, on_match: Callable[[], None]) -> Callable[[bytes], None]:
     """A line callback that calls `on_match` once, on the first line matching `pattern`."""
+    import re
+
     regex = re.compile(pattern.encode())
     fired: list[bool] = []  # one relay thread per worker calls this: no lock needed
 

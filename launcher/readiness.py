@@ -12,11 +12,8 @@ the caller bounds the wait with `--ready-timeout` and races it against the worke
 
 from __future__ import annotations
 
-import re
-import urllib.parse
-from typing import NamedTuple
-
 from launcher.errors import UsageError
+from launcher.record import NamedTuple
 
 PROBE_EVERY_S = 0.05
 
@@ -39,6 +36,8 @@ def parse_ready(text: str) -> ReadySpec:
     if kind == "http" and sep and target.startswith(("http://", "https://")):
         return ReadySpec(kind, target)
     if kind == "log" and sep and target:
+        import re
+
         try:
             re.compile(target)
         except re.error as error:
@@ -72,6 +71,8 @@ async def _tcp_open(port: int) -> bool:
 
 
 async def _http_ok(url: str) -> bool:
+    import urllib.parse
+
     import anyio
     import anyio.abc
 

@@ -528,7 +528,7 @@ async def _refresh_on_change(plan: Plan, runtime: SessionRuntime, log: Any) -> N
     from launcher.watch import fingerprints
 
     assert plan.watch_dir is not None and plan.fingerprint is not None
-    if not plan.watch_dir.is_dir():
+    if not os.path.isdir(plan.watch_dir):
         log("watch_skipped", reason=f"{plan.watch_dir} does not exist", level="warning")
         return
     async for _ in fingerprints(plan.watch_dir, plan.fingerprint, plan.initial_fingerprint):
@@ -548,6 +548,8 @@ async def _reimport_on_code_change(directory: Path, runtime: SessionRuntime, log
 
 
 async def _serve_control(plan: Plan, runtime: SessionRuntime, log: Any) -> None:
+    from pathlib import Path
+
     import anyio
 
     from launcher import control
@@ -564,7 +566,7 @@ async def _serve_control(plan: Plan, runtime: SessionRuntime, log: Any) -> None:
     )
     assert plan.run_dir is not None
     try:
-        async with control.serving(plan.run_dir, plan.name, handlers) as path:
+        async with control.serving(Path(plan.run_dir), plan.name, handlers) as path:
             log("control_listening", path=str(path))
             await anyio.sleep_forever()
     except (LauncherError, OSError) as error:

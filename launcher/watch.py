@@ -31,7 +31,7 @@ def _accept_all(change: object, path: str) -> bool:
 
 
 async def fingerprints(
-    directory: Path,
+    directory: str | Path,
     fingerprint: Callable[[], Hashable],
     last: Hashable,
     *,

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from launcher.output import HOLD_MAX_S, MAX_LINE, Masker, Relay, log_matcher
+from launcher.output import HOLD_MAX_S, MAX_LINE, Masker, Relay, log_matcher, percent_encoded
 
 SECRET = "sk-live/very+secret=value-0042"
 
@@ -197,3 +197,11 @@ def test_log_matcher_fires_once_on_the_first_matching_line(pipes: Pipes) -> None
     relay_pipes.close_worker()
     assert fired == [True]
     pipes.close_worker()
+
+
+@given(st.text(st.characters(exclude_categories=("Cs",))))  # UTF-8 text, as values are
+def test_percent_encoding_is_urllib_quote(value: str) -> None:
+    """The masker's URL forms are exactly urllib.parse.quote / quote_plus with safe=""."""
+    raw = value.encode("utf-8")
+    assert percent_encoded(raw).decode() == urllib.parse.quote(value, safe="")
+    assert percent_encoded(raw, space=b"+").decode() == urllib.parse.quote_plus(value, safe="")

@@ -3,23 +3,24 @@
 Options come from flags, then `AGENT_RUN_*` environment variables, then `agent-run.toml`
 (keys as in Pipecat's pcc-deploy.toml: `secret_set = "my-secrets"`), then the defaults. This
 module only resolves and validates; the supervisor does the work. It stays light: the launch
-critical path runs through it.
+critical path runs through it: paths stay `str` here (no pathlib), and `typing` is only
+imported by the type checker.
 """
 
-
-# No `from __future__ import annotations` here: typing.NamedTuple turns string annotations
-# into ForwardRefs by compiling each one (~40 us a field), ~1 ms for this module on the
-# launch critical path; evaluated annotations cost nothing.
+from __future__ import annotations
 
 import os
 import signal
 import sys
 from collections.abc import Callable, Hashable, Sequence
-from pathlib import Path
-from typing import Any, NamedTuple
 
 from launcher.config import LogFormat, RestartPolicy, RunConfig, Target, TargetKind
 from launcher.errors import InvalidInput, UsageError
+from launcher.record import NamedTuple
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (launch path)
+if TYPE_CHECKING:
+    from typing import Any
 
 CONFIG_FILE = "agent-run.toml"
 
@@ -86,7 +87,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "--store",
         "store",
-        Path,
+        str,
         None,
         "store directory (default: $AGENT_RUN_HOME, else $XDG_DATA_HOME/agent-run)",
         "DIR",
@@ -95,7 +96,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "--key-file",
         "key_file",
-        Path,
+        str,
         None,
         "master key file (see `agent-run secrets --help` for the search order)",
         "FILE",
@@ -103,7 +104,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "--env-file",
         "env_files",
-        Path,
+        str,
         (),
         "plain development values from a dotenv file; repeatable (toml: env_files = [...])",
         "FILE",
@@ -280,6 +281,7 @@ def _env_name(option: Option) -> str:
 def build_parser(prog: str = "agent-run") -> Any:
     """The argparse parser: used for --help and error messages only (see parse_options)."""
     import argparse
+    from pathlib import Path
 
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -371,15 +373,15 @@ def split_target(argv: Sequence[str]) -> tuple[list[str], Target | None]:
     return options, None
 
 
-def _load_toml(path: Path, explicit: bool) -> dict[str, Any]:
-    if not path.is_file():
+def _load_toml(path: str, explicit: bool) -> dict[str, Any]:
+    if not os.path.isfile(path):
         if explicit:
             raise InvalidInput(f"config file {path} does not exist")
         return {}
     import tomllib
 
     try:
-        with path.open("rb") as stream:
+        with open(path, "rb") as stream:
             data = tomllib.load(stream)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise InvalidInput(f"{path} is not valid TOML: {error}") from None
@@ -395,7 +397,7 @@ def resolve(
     given: dict[str, Any],
     environ: dict[str, str] | os._Environ[str],
     toml: dict[str, Any],
-    path: Path,
+    path: str,
 ) -> dict[str, Any]:
     """Each option's value: flag, else AGENT_RUN_* variable, else agent-run.toml, else default."""
     values: dict[str, Any] = {}
@@ -417,7 +419,7 @@ def resolve(
                 values[option.dest] = raw if isinstance(raw, bool) else _bool(str(raw))
             elif option.dest == "env_files":
                 items = raw if isinstance(raw, list) else [raw]
-                values[option.dest] = tuple(Path(str(p)) for p in items)
+                values[option.dest] = tuple(str(p) for p in items)
             else:
                 values[option.dest] = option.convert(str(raw))
         except (ValueError, TypeError):
@@ -425,9 +427,7 @@ def resolve(
                 f"{source}: invalid value {raw!r} ({option.help.split(';')[0]})"
             ) from None
     if "store" in given:
-        values["store"] = (
-            given["store"] if isinstance(given["store"], Path) else Path(given["store"])
-        )
+        values["store"] = str(given["store"])
     return values
 
 
@@ -446,7 +446,7 @@ def parse_options(tokens: Sequence[str], prog: str) -> dict[str, Any]:
         flag, has_value, attached = token.partition("=")
         option = by_flag.get(flag)
         if flag == "--config":
-            option = Option("--config", "config", Path, None, "")
+            option = Option("--config", "config", str, None, "")
         if option is None or (option.convert is None and has_value):
             build_parser(prog).parse_args(list(tokens))  # prints help, or the usage error
             raise UsageError(f"unrecognized option {token}")
@@ -477,7 +477,7 @@ def build_config(argv: Sequence[str], dev: bool) -> RunConfig:
         build_parser(prog).print_usage(sys.stderr)
         raise UsageError("no agent to run: give bot.py, -m MODULE or -- COMMAND")
     config_path = given.pop("config", None)
-    path = Path(config_path) if config_path else Path.cwd() / CONFIG_FILE
+    path = config_path or os.path.join(os.getcwd(), CONFIG_FILE)
     toml = _load_toml(path, explicit=config_path is not None)
     values = resolve(given, os.environ, toml, path)
     from launcher.readiness import parse_ready
@@ -485,7 +485,7 @@ def build_config(argv: Sequence[str], dev: bool) -> RunConfig:
     ready = parse_ready(values["ready"])
     if "{port}" in ready.target and values["port_base"] is None:
         raise UsageError("--ready uses {port}, which needs --port-base")
-    if target.kind is TargetKind.SCRIPT and not Path(target.value).is_file():
+    if target.kind is TargetKind.SCRIPT and not os.path.isfile(target.value):
         raise InvalidInput(f"agent script {target.value} does not exist")
     if dev:
         if "log_format" not in given and not os.environ.get("AGENT_RUN_LOG_FORMAT"):
@@ -514,15 +514,17 @@ def build_plan(config: RunConfig) -> Any:
         if not key_holder:
             from launcher.keys import load_master_key
 
-            key_holder.append(load_master_key(store.root, config.key_file))
+            key_holder.append(load_master_key(store.directory, config.key_file))
         return key_holder[0]
 
     def env_files() -> dict[str, str]:
         values: dict[str, str] = {}
         for path in config.env_files:
+            from pathlib import Path
+
             from launcher.parse import read_dotenv
 
-            values.update(read_dotenv(path).values)
+            values.update(read_dotenv(Path(path)).values)
         return values
 
     def read() -> tuple[EnvironmentLayers, list[str]]:
@@ -565,6 +567,8 @@ def build_plan(config: RunConfig) -> Any:
     watched = bool(config.secret_set) or store.has_platform()
     target_dir = None
     if config.dev:
+        from pathlib import Path
+
         target_dir = (
             Path(config.target.value).resolve().parent
             if config.target.kind is TargetKind.SCRIPT
@@ -577,10 +581,10 @@ def build_plan(config: RunConfig) -> Any:
         reload=read,
         name=config.name or config.secret_set or "agent-run",
         secret_set=config.secret_set,
-        watch_dir=store.root if watched else None,
+        watch_dir=store.directory if watched else None,
         fingerprint=fingerprint if watched else None,
         initial_fingerprint=fingerprint() if watched else None,
-        run_dir=store.run_dir,
+        run_dir=store.runtime_dir(),
         code_dir=target_dir,
     )
 

@@ -618,8 +618,8 @@ def cmd_key_rotate(args: argparse.Namespace) -> int:
         pending = args.new_key_file
         final: Path | None = None
     elif old.path is not None:
-        pending = old.path.with_name(old.path.name + ".next")
-        final = old.path
+        final = Path(old.path)
+        pending = final.with_name(final.name + ".next")
     else:
         raise UsageError(
             f"the master key comes from {old.source}, which agent-run cannot replace; "
@@ -632,7 +632,7 @@ def cmd_key_rotate(args: argparse.Namespace) -> int:
     if final is not None:
         os.replace(pending, final)
         fsync_directory(final.parent)
-        new = MasterKey(new.key, str(final), final)
+        new = MasterKey(new.key, str(final), str(final))
     where = final or pending
     print(
         f"rotated master key {old.id} -> {new.id}: {resealed} set(s) re-sealed; new key in {where}"
