@@ -5,6 +5,7 @@ Run: python bench/launch.py
   three floors: a bare launcher (a second interpreter, posix_spawn, a relay thread: what any
   Python launcher pays), the same plus `Store.read` of the set (what decrypting through the
   store adds), and a minimal launcher with the imports a supervisor needs (the old floor);
+  RUNS interleaved rounds, one run of each per round;
 - relay: MB/s of worker output through agent-run with 100 secrets masked, beside --no-mask.
 """
 
@@ -26,7 +27,7 @@ from launcher import crypto  # noqa: E402
 from launcher.keys import MasterKey  # noqa: E402
 from launcher.store import Store  # noqa: E402
 
-RUNS = 30
+RUNS = 40
 # The least a Python launcher can do on this path: import what spawning, relaying and
 # decrypting need (no logic of ours), fork/exec the bot with a parent-death signal, relay
 # its output from a thread. Measured beside agent-run as the floor of the design.
@@ -135,39 +136,43 @@ def main() -> None:
         }
         bot = Path(tmp) / "bot.py"
         bot.write_text(BOT)
-        plain = [first_line_ms([sys.executable, str(bot)], env) for _ in range(RUNS)]
-        launched = [
-            first_line_ms([agent_run, "--secrets", "s20", "--no-watch", str(bot)], env)
-            for _ in range(RUNS)
-        ]
         floor_script = Path(tmp) / "floor.py"
         floor_script.write_text(FLOOR)
-        floor = [
-            first_line_ms([sys.executable, str(floor_script), str(bot)], env) for _ in range(RUNS)
-        ]
         bare_script = Path(tmp) / "bare.py"
         bare_script.write_text(BARE)
-        bare = [
-            first_line_ms([sys.executable, str(bare_script), str(bot)], env) for _ in range(RUNS)
-        ]
         store_script = Path(tmp) / "store_floor.py"
         store_script.write_text(STORE_FLOOR)
         store_env = {**env, "PYTHONPATH": str(ROOT)}
-        store_floor = [
-            first_line_ms([sys.executable, str(store_script), str(bot), "s20"], store_env)
-            for _ in range(RUNS)
-        ]
-        base = statistics.median(plain)
+        variants = {
+            "python bot.py": ([sys.executable, str(bot)], env),
+            "bare launcher (no imports, posix_spawn)": (
+                [sys.executable, str(bare_script), str(bot)],
+                env,
+            ),
+            "bare launcher + Store.read of the set": (
+                [sys.executable, str(store_script), str(bot), "s20"],
+                store_env,
+            ),
+            "minimal Python launcher (the floor)": (
+                [sys.executable, str(floor_script), str(bot)],
+                env,
+            ),
+            "agent-run --secrets S bot.py (20 secrets)": (
+                [agent_run, "--secrets", "s20", "--no-watch", str(bot)],
+                env,
+            ),
+        }
+        # Interleaved rounds (one run of each variant per round): a burst of other work on
+        # the machine then slows every variant alike instead of one of them.
+        times: dict[str, list[float]] = {label: [] for label in variants}
+        for _ in range(RUNS):
+            for label, (command, command_env) in variants.items():
+                times[label].append(first_line_ms(command, command_env))
+        base = statistics.median(times["python bot.py"])
         print(f"{'time to first line':<44}{'median ms':>10}{'p90 ms':>9}{'ratio':>8}")
-        for label, times in (
-            ("python bot.py", plain),
-            ("bare launcher (no imports, posix_spawn)", bare),
-            ("bare launcher + Store.read of the set", store_floor),
-            ("minimal Python launcher (the floor)", floor),
-            ("agent-run --secrets S bot.py (20 secrets)", launched),
-        ):
-            median = statistics.median(times)
-            p90 = statistics.quantiles(times, n=10)[-1]
+        for label, samples in times.items():
+            median = statistics.median(samples)
+            p90 = statistics.quantiles(samples, n=10)[-1]
             print(f"{label:<44}{median:>10.1f}{p90:>9.1f}{median / base:>8.2f}")
         chatty = Path(tmp) / "chatty.py"
         chatty.write_text(CHATTY.format(blocks=2000))  # ~190 MB
