@@ -26,6 +26,20 @@ def _ready_pids(launcher: Launcher, count: int, **match: object) -> list[int]:
     return [int(launcher.wait_event("worker_ready", **match)["pid"]) for _ in range(count)]  # type: ignore[call-overload]
 
 
+def _roll_one_worker(
+    cli: CLI, launch: Callable[..., Launcher], drain_s: float
+) -> tuple[Launcher, int]:
+    """One notify worker that drains for `drain_s` after TERM, then an update: the launcher
+    and the old worker's pid (its replacement is starting)."""
+    cli("secrets", "set", "prod", "N=1")
+    launcher = launch(
+        "--secrets", "prod", "--ready", "notify", str(PROBE), env={**NOTIFY, "PROBE_DRAIN": str(drain_s)}
+    )  # fmt: skip
+    (old,) = _ready_pids(launcher, 1)
+    cli("secrets", "set", "prod", "N=2")
+    return launcher, old
+
+
 def test_update_rolls_every_worker_and_stops_old_only_after_new_is_ready(
     cli: CLI, launch: Callable[..., Launcher], probe_dir: Path
 ) -> None:
@@ -182,12 +196,7 @@ def test_shutdown_during_drain_never_sends_a_second_term(
     cli: CLI, launch: Callable[..., Launcher], probe_dir: Path
 ) -> None:
     """A worker still draining from a rollout gets no second TERM when the launcher stops."""
-    cli("secrets", "set", "prod", "N=1")
-    launcher = launch(
-        "--secrets", "prod", "--ready", "notify", str(PROBE), env={**NOTIFY, "PROBE_DRAIN": "1.5"}
-    )  # fmt: skip
-    (old,) = _ready_pids(launcher, 1)
-    cli("secrets", "set", "prod", "N=2")
+    launcher, old = _roll_one_worker(cli, launch, drain_s=1.5)
     launcher.wait_event("worker_stopping", pid=old)
     launcher.signal(signal.SIGTERM)  # while the old worker is still draining
     assert launcher.wait() == 0
@@ -198,12 +207,7 @@ def test_drained_old_worker_is_reported_with_its_drain_time(
     cli: CLI, launch: Callable[..., Launcher]
 ) -> None:
     """An old worker's exit after its stop signal is logged: pid, exit code, drain seconds."""
-    cli("secrets", "set", "prod", "N=1")
-    launcher = launch(
-        "--secrets", "prod", "--ready", "notify", str(PROBE), env={**NOTIFY, "PROBE_DRAIN": "0.4"}
-    )  # fmt: skip
-    (old,) = _ready_pids(launcher, 1)
-    cli("secrets", "set", "prod", "N=2")
+    launcher, old = _roll_one_worker(cli, launch, drain_s=0.4)
     drained = launcher.wait_event("worker_drained", pid=old)
     assert drained["code"] == 0
     assert 0.4 <= float(drained["seconds"]) < 10  # the probe sleeps 0.4 s after its TERM
