@@ -1,17 +1,24 @@
-"""Rollout benchmark: from `secrets set` returning to every worker serving the new value.
+"""Rollout benchmark: how fast a new secret reaches the workers, and what rollouts cost under load.
 
-Run: python bench/rollout.py
-For 1, 4 and 16 notify-ready HTTP workers (sample_agents/http_agent.py, one port each), it
-runs `agent-run secrets set` and then polls every worker over HTTP until each answers with the
-new version: the first worker's and the last worker's delay after `secrets set` returned.
-The baseline, in the same run, is the `secrets set` command's own duration.
-(The zero-downtime load test against gunicorn that issue #4 asks for is not written yet.)
+Run: python bench/rollout.py [--updates 20] [--load-rounds 1] [--no-load]
+1. Propagation. For 1, 4 and 16 notify-ready HTTP workers (sample_agents/http_agent.py, one
+   port each) it runs `agent-run secrets set` UPDATES times and polls every worker over HTTP
+   until each answers with the new version: the first and the last worker's delay after
+   `secrets set` returned (detection included), median and max. Baselines from the same run:
+   the `secrets set` command's own duration, and gunicorn (the `bench` extra) with 4 workers
+   and a SIGHUP per update: from the signal to the first response of a new worker, and to
+   the moment its master has only new workers left.
+2. Zero downtime. bench/zero_downtime.py (its docstring tells the method): 4 workers on one
+   port under open-loop load, 20 updates, failed requests and p99 during rollouts beside
+   gunicorn's 20 reloads; --load-rounds N alternates the two servers N times.
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -21,90 +28,168 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-UPDATES = 10
+sys.path.insert(0, str(ROOT / "bench"))
+
+from zero_downtime import GUNICORN_APP, free_port, wait_listening  # noqa: E402
+
+HEADER = f"{'server':<12}{'workers':>8}{'update ms':>11}{'first p50/max':>16}{'last p50/max':>16}"
 
 
 def free_port_base(count: int) -> int:
     while True:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
+        base = free_port()
         if base + count < 65000:
             return base
 
 
-def version_of(port: int) -> int | None:
+def answer(port: int) -> dict[str, str]:
+    """The `key=value` words of one response body; empty if nothing answered."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
             conn.sendall(b"GET / HTTP/1.0\r\n\r\n")
-            data = conn.recv(4096).decode()
+            data = b""
+            while chunk := conn.recv(4096):
+                data += chunk
     except OSError:
-        return None
-    for part in data.split():
-        if part.startswith("version="):
-            value = part.split("=", 1)[1]
-            return int(value) if value.isdigit() else None
-    return None
+        return {}
+    body = data.partition(b"\r\n\r\n")[2].decode()
+    return dict(word.split("=", 1) for word in body.split() if "=" in word)
 
 
-def main() -> None:
+def row(
+    label: str, workers: int, updates: list[float], firsts: list[float], lasts: list[float]
+) -> None:
+    def pair(values: list[float]) -> str:
+        return f"{statistics.median(values):.0f}/{max(values):.0f}"
+
+    print(
+        f"{label:<12}{workers:>8}{statistics.median(updates):>11.1f}"
+        f"{pair(firsts):>16}{pair(lasts):>16}",
+        flush=True,
+    )
+
+
+def propagation_agent_run(workers: int, updates: int) -> None:
     agent_run = str(Path(sys.executable).parent / "agent-run")
-    print(f"{'workers':>8}{'set ms':>9}{'first ms p50':>14}{'last ms p50':>13}{'last ms max':>13}")
-    for workers in (1, 4, 16):
-        with tempfile.TemporaryDirectory() as tmp:
-            env = {
-                **os.environ,
-                "AGENT_RUN_HOME": str(Path(tmp) / "store"),
-                "AGENT_RUN_MASTER_KEY": base64.b64encode(os.urandom(32)).decode(),
-                "AGENT_RUN_LOG_FORMAT": "json",
-            }
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {
+            **os.environ,
+            "AGENT_RUN_HOME": str(Path(tmp) / "store"),
+            "AGENT_RUN_MASTER_KEY": base64.b64encode(os.urandom(32)).decode(),
+            "AGENT_RUN_LOG_FORMAT": "json",
+        }
+
+        def set_value(version: int) -> None:
             subprocess.run(
-                [agent_run, "secrets", "set", "demo", "DEMO_API_KEY=v0"],
+                [agent_run, "secrets", "set", "demo", f"DEMO_API_KEY=v{version}"],
                 env=env,
                 check=True,
                 capture_output=True,
             )
-            base = free_port_base(workers)
-            launcher = subprocess.Popen(
-                [agent_run, "--secrets", "demo", "--workers", str(workers), "--ready", "notify",
-                 "--port-base", str(base), "--drain-timeout", "5", str(ROOT / "sample_agents" / "http_agent.py")],
-                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
+
+        set_value(1)
+        base = free_port_base(workers)
+        launcher = subprocess.Popen(
+            [agent_run, "--secrets", "demo", "--workers", str(workers), "--ready", "notify",
+             "--port-base", str(base), "--drain-timeout", "5", str(ROOT / "sample_agents" / "http_agent.py")],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
             ports = [base + i for i in range(workers)]
             deadline = time.monotonic() + 60
-            while any(version_of(p) != 1 for p in ports):
-                assert time.monotonic() < deadline, "pool did not start"
+            while any(answer(p).get("version") != "1" for p in ports):
+                if time.monotonic() > deadline:
+                    raise SystemExit("the pool did not start")
                 time.sleep(0.05)
             sets, firsts, lasts = [], [], []
-            for update in range(UPDATES):
-                target = update + 2
+            for update in range(updates):
+                target = str(update + 2)
                 start = time.perf_counter()
-                subprocess.run(
-                    [agent_run, "secrets", "set", "demo", f"DEMO_API_KEY=v{target}"],
-                    env=env,
-                    check=True,
-                    capture_output=True,
-                )
+                set_value(update + 2)
                 returned = time.perf_counter()
                 sets.append((returned - start) * 1000)
                 pending = set(ports)
                 first = None
                 while pending:
                     for port in list(pending):
-                        if version_of(port) == target:
+                        if answer(port).get("version") == target:
                             pending.discard(port)
-                            if first is None:
-                                first = time.perf_counter()
-                    assert time.perf_counter() - returned < 60, "rollout did not finish"
+                            first = first or time.perf_counter()
+                    if time.perf_counter() - returned > 60:
+                        raise SystemExit("the rollout did not finish")
                 firsts.append(((first or returned) - returned) * 1000)
                 lasts.append((time.perf_counter() - returned) * 1000)
                 time.sleep(0.3)  # let the old workers drain before the next update
+        finally:
             launcher.terminate()
             launcher.wait(timeout=60)
-            print(
-                f"{workers:>8}{statistics.median(sets):>9.1f}{statistics.median(firsts):>14.1f}"
-                f"{statistics.median(lasts):>13.1f}{max(lasts):>13.1f}"
-            )
+    row("agent-run", workers, sets, firsts, lasts)
+
+
+def children(pid: int) -> set[str]:
+    try:
+        return set(Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
+    except OSError:
+        return set()
+
+
+def propagation_gunicorn(workers: int, updates: int) -> None:
+    gunicorn = str(Path(sys.executable).parent / "gunicorn")
+    if not Path(gunicorn).exists():
+        print("gunicorn     not installed: pip install -e '.[bench]'")
+        return
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "bench_app.py").write_text(GUNICORN_APP)
+        server = subprocess.Popen(
+            [gunicorn, "-w", str(workers), "-b", f"127.0.0.1:{port}", "bench_app:app"],
+            cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            wait_listening(port)
+            while len(children(server.pid)) != workers:
+                time.sleep(0.05)
+            signals, firsts, lasts = [], [], []
+            for _ in range(updates):
+                old = children(server.pid)
+                start = time.perf_counter()
+                server.send_signal(signal.SIGHUP)
+                sent = time.perf_counter()
+                signals.append((sent - start) * 1000)
+                first = None
+                while True:
+                    if first is None and answer(port).get("pid", "") not in old | {""}:
+                        first = time.perf_counter()
+                    now = children(server.pid)
+                    if first is not None and len(now) == workers and not now & old:
+                        break
+                    if time.perf_counter() - sent > 60:
+                        raise SystemExit("gunicorn did not reload")
+                firsts.append((first - sent) * 1000)
+                lasts.append((time.perf_counter() - sent) * 1000)
+                time.sleep(0.3)
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+    row("gunicorn", workers, signals, firsts, lasts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--updates", type=int, default=20, help="updates per pool size")
+    parser.add_argument("--load-rounds", type=int, default=1, help="zero-downtime rounds")
+    parser.add_argument("--no-load", action="store_true", help="propagation only")
+    args = parser.parse_args()
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "launcher")], check=True)
+    print(f"propagation, {args.updates} updates per row (ms after `secrets set` / SIGHUP returned)")
+    print(HEADER)
+    for workers in (1, 4, 16):
+        propagation_agent_run(workers, args.updates)
+    propagation_gunicorn(4, args.updates)
+    if not args.no_load:
+        print("\nzero downtime (bench/zero_downtime.py)", flush=True)
+        command = [sys.executable, str(ROOT / "bench" / "zero_downtime.py")]
+        raise SystemExit(subprocess.call([*command, "--rounds", str(args.load_rounds)]))
 
 
 if __name__ == "__main__":
