@@ -11,10 +11,15 @@ Names and values are checked by the caller (names.py); this module only splits.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 from launcher.errors import InvalidInput, UsageError
 from launcher.record import NamedTuple
+
+# typing.TYPE_CHECKING without importing typing. pathlib only in annotations: callers hand
+# in Path objects, and `secrets set KEY=VALUE` never needs pathlib (~4 ms to import).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def parse_pairs(tokens: Sequence[str]) -> list[tuple[str, str]]:

@@ -115,9 +115,8 @@ def _canonical(data: Mapping[str, Any]) -> bytes:
 
 
 def _iso(timestamp: float) -> str:
-    from datetime import UTC, datetime  # only writes need it: keep it off the launch path
-
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # time.gmtime, not datetime: importing datetime costs every `secrets set` ~1.6 ms.
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
 
 
 def _data_key_context(name: str) -> bytes:

@@ -112,3 +112,49 @@ def test_a_key_file_and_the_store_watcher_keep_the_spawn_first(
     imported = _imported_before_spawn(tmp_path, env, "--secrets", secret_set)
     early = sorted(name for name in AFTER_SPAWN if name in imported)
     assert early == [], f"imported before the first worker was spawned: {early}"
+
+
+# What the store commands an operator runs often (and a deploy script runs on every update)
+# must not import: each would add 1-4 ms to every `secrets set` (bench/store.py).
+STORE_COMMAND_AVOIDS = ("pathlib", "typing", "datetime", "dataclasses", "inspect", "subprocess")
+
+# Runs `agent-run ARGS...` in-process and writes the modules it imported to a report file.
+IMPORTS_DRIVER = """
+import sys
+before = set(sys.modules)
+from launcher.cli import main
+code = main(sys.argv[2:])
+with open(sys.argv[1], "w") as stream:
+    stream.write("\\n".join(sorted(set(sys.modules) - before)))
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("secrets", "set", "prod", "API_KEY=sk-store-path-0003"),
+        ("secrets", "unset", "prod", "OTHER"),
+        ("secrets", "list"),
+        ("secrets", "list", "prod"),
+        ("secrets", "history", "prod"),
+    ],
+    ids=lambda args: " ".join(args[:2]) + (" NAME" if len(args) > 2 else ""),
+)
+def test_store_commands_stay_light(
+    tmp_path: Path, cli: CLI, secret_set: str, args: tuple[str, ...]
+) -> None:
+    report = tmp_path / "imported.txt"
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORTS_DRIVER, str(report), *args],
+        capture_output=True,
+        text=True,
+        env=cli.env,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    imported = set(report.read_text().split())
+    assert "launcher.store" in imported  # the report is real
+    heavy = sorted(name for name in STORE_COMMAND_AVOIDS if name in imported)
+    assert heavy == [], f"`agent-run {' '.join(args)}` imported {heavy}"
