@@ -62,8 +62,8 @@ os.waitpid(pid, 0)
 """
 # The store's share: the same bare launcher, but reading and decrypting the set through
 # launcher.store first (its imports included) and putting it in the environment.
-# (agent-run itself also pays `import re` in pip's console-script wrapper, ~5 ms, which no
-# floor here does.)
+# (`re`, which pip's console-script wrapper imports before agent-run's own code, would come
+# with `json` anyway: json.decoder imports it.)
 STORE_FLOOR = """
 import os, sys, _thread
 from launcher.keys import load_master_key
