@@ -1,4 +1,5 @@
-"""The launch critical path: what the launcher imports before its first worker exists.
+"""Hot paths and their imports: the launcher's before its first worker exists, and the
+`secrets` commands' (one of which runs on every update).
 
 An agent's first output line should come within 40 ms of `agent-run bot.py` (bench/launch.py),
 so the supervisor spawns its workers before it imports its event loop, logging or HTTP
