@@ -147,7 +147,10 @@ def propagation_gunicorn(workers: int, updates: int) -> None:
         )  # fmt: skip
         try:
             wait_listening(port)
+            deadline = time.monotonic() + 60
             while len(children(server.pid)) != workers:
+                if time.monotonic() > deadline:
+                    raise SystemExit("gunicorn did not start its workers")
                 time.sleep(0.05)
             signals, firsts, lasts = [], [], []
             for _ in range(updates):
