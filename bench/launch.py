@@ -23,9 +23,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from launcher import crypto  # noqa: E402
-from launcher.keys import MasterKey  # noqa: E402
-from launcher.store import Store  # noqa: E402
+from launcher.store import crypto  # noqa: E402
+from launcher.store.keys import MasterKey  # noqa: E402
+from launcher.store.sets import Store  # noqa: E402
 
 RUNS = 40
 # The least a Python launcher can do on this path: import what spawning, relaying and
@@ -61,13 +61,13 @@ _thread.start_new_thread(relay, ())
 os.waitpid(pid, 0)
 """
 # The store's share: the same bare launcher, but reading and decrypting the set through
-# launcher.store first (its imports included) and putting it in the environment.
+# launcher.store.sets first (its imports included) and putting it in the environment.
 # (`re`, which pip's console-script wrapper imports before agent-run's own code, would come
 # with `json` anyway: json.decoder imports it.)
 STORE_FLOOR = """
 import os, sys, _thread
-from launcher.keys import load_master_key
-from launcher.store import Store
+from launcher.store.keys import load_master_key
+from launcher.store.sets import Store
 store = Store.open(None)
 secret_set = store.read(sys.argv[2], load_master_key(store.directory))
 r, w = os.pipe()

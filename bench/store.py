@@ -18,9 +18,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from launcher import crypto  # noqa: E402
-from launcher.keys import MasterKey  # noqa: E402
-from launcher.store import Store  # noqa: E402
+from launcher.store import crypto  # noqa: E402
+from launcher.store.keys import MasterKey  # noqa: E402
+from launcher.store.sets import Store  # noqa: E402
 
 RUNS = 30
 

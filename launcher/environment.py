@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from launcher.names import PLATFORM_CREDENTIALS
 from launcher.record import NamedTuple
+from launcher.store.names import PLATFORM_CREDENTIALS
 
 # Never inherited by a worker: the master key and where it comes from, and the systemd
 # handshake variables that address the launcher itself (a worker that used the launcher's

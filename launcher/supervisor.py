@@ -16,12 +16,13 @@ import signal
 import sys
 from collections.abc import Callable, Hashable
 
-from launcher import process, signals
+from launcher import signals
 from launcher.config import RestartPolicy, RunConfig
 from launcher.environment import EnvironmentLayers
-from launcher.notify_socket import NotifySocket
-from launcher.output import Masker
-from launcher.readiness import parse_ready
+from launcher.process import worker as process
+from launcher.process.notify_socket import NotifySocket
+from launcher.process.output import Masker
+from launcher.process.readiness import parse_ready
 from launcher.record import NamedTuple
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (launch path)
@@ -58,7 +59,7 @@ def run(plan: Plan) -> int:
     process.become_subreaper()
     health_socket = None
     if config.health:
-        from launcher.http_server import bind, parse_host_port
+        from launcher.ops.http_server import bind, parse_host_port
 
         host, port = parse_host_port(config.health, "--health")
         health_socket = bind(host, port, "--health")
@@ -105,10 +106,10 @@ async def _main(
 ) -> int:
     import anyio
 
-    from launcher import logs
-    from launcher.pool import Pool
-    from launcher.rollout import Rollout
-    from launcher.status import StatusBoard, as_dict
+    from launcher.ops import logs
+    from launcher.ops.status import StatusBoard, as_dict
+    from launcher.supervision.pool import Pool
+    from launcher.supervision.rollout import Rollout
 
     config = plan.config
     log = logs.configure(config.log_format, masker or Masker(()))
@@ -129,7 +130,7 @@ async def _main(
     stopping = False
     systemd = None
     if os.environ.get("NOTIFY_SOCKET"):
-        from launcher.systemd import SystemdNotifier
+        from launcher.ops.systemd import SystemdNotifier
 
         systemd = SystemdNotifier()
         board.subscribe(systemd.observe)
@@ -146,9 +147,9 @@ async def _main(
         if plan.run_dir is not None:
             tg.start_soon(_serve_control, plan, board, rollout, log, as_dict)
         if health_socket is not None:
-            from launcher.health import create_app
-            from launcher.http_server import serve_asgi
-            from launcher.metrics import Metrics
+            from launcher.ops.health import create_app
+            from launcher.ops.http_server import serve_asgi
+            from launcher.ops.metrics import Metrics
 
             metrics = Metrics(lambda: board.current)
             board.subscribe(metrics.observe)
@@ -156,7 +157,7 @@ async def _main(
             address = await tg.start(serve_asgi, app, health_socket)
             log("health_listening", address=f"{address[0]}:{address[1]}")
         if systemd is not None:
-            from launcher.systemd import ping_watchdog, watchdog_interval
+            from launcher.ops.systemd import ping_watchdog, watchdog_interval
 
             interval = watchdog_interval()
             if interval:
@@ -224,8 +225,8 @@ async def _serve_control(plan: Plan, board: Any, rollout: Any, log: Any, as_dict
 
     import anyio
 
-    from launcher import control
     from launcher.errors import LauncherError
+    from launcher.ops import control
 
     async def reload() -> dict[str, object]:
         result: dict[str, object] = await rollout.request_and_wait("agent-run reload")

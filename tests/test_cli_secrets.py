@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from launcher.keys import MasterKey
-from launcher.store import Store
+from launcher.store.keys import MasterKey
+from launcher.store.sets import Store
 
 from .conftest import CLI
 

@@ -9,9 +9,9 @@ from typing import Any
 import anyio
 import pytest
 
-from launcher import control
 from launcher.errors import ConfigError, UsageError
-from launcher.status import PoolStatus, WorkerState, WorkerStatus, as_dict
+from launcher.ops import control
+from launcher.ops.status import PoolStatus, WorkerState, WorkerStatus, as_dict
 
 pytestmark = pytest.mark.anyio
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from launcher import crypto
 from launcher.errors import DecryptionFailed
+from launcher.store import crypto
 
 KEY = bytes(range(32))
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from launcher.config import Target, TargetKind
-from launcher.entrypoint import Entrypoint, defines, find_entrypoint, module_file
 from launcher.errors import InvalidInput, UsageError
+from launcher.sessions.entrypoint import Entrypoint, defines, find_entrypoint, module_file
 
 
 @pytest.mark.parametrize(

@@ -10,10 +10,10 @@ import anyio
 import pytest
 
 from launcher.errors import OperationFailed, UsageError
-from launcher.health import create_app
-from launcher.http_server import bind, parse_host_port, serve_asgi
-from launcher.metrics import Metrics
-from launcher.status import (
+from launcher.ops.health import create_app
+from launcher.ops.http_server import bind, parse_host_port, serve_asgi
+from launcher.ops.metrics import Metrics
+from launcher.ops.status import (
     PoolStatus,
     RolloutState,
     RolloutStatus,

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from launcher import keys
 from launcher.errors import ConfigError, PermissionProblem
-from launcher.keys import MasterKey, load_master_key
+from launcher.store import keys
+from launcher.store.keys import MasterKey, load_master_key
 
 
 def _key_file(path: Path, mode: int = 0o600, raw: bool = False) -> bytes:
@@ -99,7 +99,7 @@ def test_create_makes_a_private_store_key_once(tmp_path: Path) -> None:
 CREATE = """
 import sys
 from pathlib import Path
-from launcher.keys import load_master_key
+from launcher.store.keys import load_master_key
 print(load_master_key(Path(sys.argv[1]), None, {}, create=True).id, flush=True)
 """
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from launcher.errors import InvalidInput
-from launcher.names import (
+from launcher.store.names import (
     MAX_SET_BYTES,
     MAX_VALUE_BYTES,
     check_secret_name,

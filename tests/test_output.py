@@ -12,7 +12,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from launcher.output import HOLD_MAX_S, MAX_LINE, Masker, Relay, log_matcher, percent_encoded
+from launcher.process.output import (
+    HOLD_MAX_S,
+    MAX_LINE,
+    Masker,
+    Relay,
+    log_matcher,
+    percent_encoded,
+)
 
 SECRET = "sk-live/very+secret=value-0042"
 

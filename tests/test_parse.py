@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from launcher.cli.store_commands import split_tokens
 from launcher.errors import InvalidInput, UsageError
-from launcher.parse import parse_dotenv, parse_pairs, read_dotenv
+from launcher.store.parse import parse_dotenv, parse_pairs, read_dotenv
 
 values = st.text(
     alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1

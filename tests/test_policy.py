@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from launcher import policy
 from launcher.config import RestartPolicy
+from launcher.supervision import policy
 
 
 @pytest.mark.parametrize(

@@ -15,11 +15,11 @@ import pytest
 
 from launcher.config import RestartPolicy, RunConfig, Target, TargetKind
 from launcher.environment import EnvironmentLayers
-from launcher.notify_socket import NotifySocket
-from launcher.pool import Pool
-from launcher.process import WorkerFactory
-from launcher.readiness import parse_ready
-from launcher.status import PoolStatus, WorkerState
+from launcher.ops.status import PoolStatus, WorkerState
+from launcher.process.notify_socket import NotifySocket
+from launcher.process.readiness import parse_ready
+from launcher.process.worker import WorkerFactory
+from launcher.supervision.pool import Pool
 
 pytestmark = pytest.mark.anyio
 

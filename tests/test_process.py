@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from launcher import process
-from launcher.output import Masker
+from launcher.process import worker as process
+from launcher.process.output import Masker
 
 AGENTS = Path(__file__).parent / "agents"
 ROOT = Path(__file__).parent.parent
@@ -257,8 +257,8 @@ def test_spawn_relays_masked_output_of_a_real_worker(tmp_path: Path) -> None:
     script = tmp_path / "relay_probe.py"
     script.write_text(
         "import os, sys\n"
-        "from launcher import process\n"
-        "from launcher.output import Masker\n"
+        "from launcher.process import worker as process\n"
+        "from launcher.process.output import Masker\n"
         "worker = process.spawn([sys.executable, '-c', 'print(\"value=hunter2-secret\")'],\n"
         "    os.environ, slot=0, version=None, masker=Masker(['hunter2-secret']))\n"
         "os.waitpid(worker.pid, 0)\n"

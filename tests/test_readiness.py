@@ -16,8 +16,8 @@ import pytest
 
 from launcher import sd_notify
 from launcher.errors import UsageError
-from launcher.notify_socket import NotifySocket, parse
-from launcher.readiness import ReadySpec, parse_ready, probe_until_ready
+from launcher.process.notify_socket import NotifySocket, parse
+from launcher.process.readiness import ReadySpec, parse_ready, probe_until_ready
 
 ROOT = Path(__file__).parent.parent
 

@@ -82,7 +82,7 @@ def _imported_before_spawn(tmp_path: Path, env: dict[str, str], *args: str) -> s
     assert result.returncode == 0, result.stderr
     assert "agent up" in result.stdout
     imported = set(report.read_text().split())
-    assert {"launcher.store", "launcher.process"} <= imported  # the snapshot is real
+    assert {"launcher.store.sets", "launcher.process.worker"} <= imported  # the snapshot is real
     return imported
 
 
@@ -156,6 +156,6 @@ def test_store_commands_stay_light(
     )
     assert result.returncode == 0, result.stderr
     imported = set(report.read_text().split())
-    assert "launcher.store" in imported  # the report is real
+    assert "launcher.store.sets" in imported  # the report is real
     heavy = sorted(name for name in STORE_COMMAND_AVOIDS if name in imported)
     assert heavy == [], f"`agent-run {' '.join(args)}` imported {heavy}"

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from launcher import crypto
 from launcher.errors import ConfigError, DecryptionFailed, OperationFailed
-from launcher.keys import MasterKey
-from launcher.store import Store
+from launcher.store.keys import MasterKey
+from launcher.store.sets import Store, crypto
 
 
 @pytest.fixture
@@ -85,8 +84,8 @@ def test_data_keys_are_per_set_and_nonces_fresh(tmp_path: Path, key: MasterKey) 
 
 WRITER = """
 import base64, os, sys
-from launcher.keys import MasterKey
-from launcher.store import Store
+from launcher.store.keys import MasterKey
+from launcher.store.sets import Store
 store = Store(__import__("pathlib").Path(sys.argv[1]))
 key = MasterKey(base64.b64decode(os.environ["KEY"]), "test")
 name = sys.argv[2]

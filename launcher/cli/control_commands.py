@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from launcher import control
 from launcher.errors import OperationFailed
+from launcher.ops import control
 
 
 def runtime_dir(store: str | None) -> Path:
@@ -23,7 +23,7 @@ def runtime_dir(store: str | None) -> Path:
     explicit = os.environ.get("AGENT_RUN_RUNTIME_DIR")
     if explicit:
         return Path(explicit)
-    from launcher.store import Store
+    from launcher.store.sets import Store
 
     return Store.open(Path(store) if store else None).run_dir
 

@@ -480,7 +480,7 @@ def build_config(argv: Sequence[str], dev: bool) -> RunConfig:
     path = config_path or os.path.join(os.getcwd(), CONFIG_FILE)
     toml = _load_toml(path, explicit=config_path is not None)
     values = resolve(given, os.environ, toml, path)
-    from launcher.readiness import parse_ready
+    from launcher.process.readiness import parse_ready
 
     ready = parse_ready(values["ready"])
     if "{port}" in ready.target and values["port_base"] is None:
@@ -503,8 +503,8 @@ def build_config(argv: Sequence[str], dev: bool) -> RunConfig:
 
 def build_plan(config: RunConfig) -> Any:
     from launcher.environment import EnvironmentLayers
-    from launcher.names import PLATFORM_CREDENTIALS
-    from launcher.store import PLATFORM, Store
+    from launcher.store.names import PLATFORM_CREDENTIALS
+    from launcher.store.sets import PLATFORM, Store
     from launcher.supervisor import Plan
 
     store = Store.open(config.store)
@@ -512,7 +512,7 @@ def build_plan(config: RunConfig) -> Any:
 
     def key() -> Any:
         if not key_holder:
-            from launcher.keys import load_master_key
+            from launcher.store.keys import load_master_key
 
             key_holder.append(load_master_key(store.directory, config.key_file))
         return key_holder[0]
@@ -522,7 +522,7 @@ def build_plan(config: RunConfig) -> Any:
         for path in config.env_files:
             from pathlib import Path
 
-            from launcher.parse import read_dotenv
+            from launcher.store.parse import read_dotenv
 
             values.update(read_dotenv(Path(path)).values)
         return values
@@ -594,12 +594,12 @@ def main(argv: list[str]) -> int:
     config = build_config(argv[1:] if dev else argv, dev)
     entry = None
     if config.target.is_python or config.entrypoint:
-        from launcher.entrypoint import find_entrypoint
+        from launcher.sessions.entrypoint import find_entrypoint
 
         entry = find_entrypoint(config.target, config.entrypoint)
     plan = build_plan(config)
     if entry is not None:
-        from launcher.sessions import serve
+        from launcher.sessions.service import serve
 
         return serve(plan, entry)
     from launcher.supervisor import run

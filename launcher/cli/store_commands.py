@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from launcher.errors import ConfigError, InvalidInput, OperationFailed, UsageError
-from launcher.names import (
+from launcher.store.names import (
     PLATFORM_CREDENTIALS,
     check_secret_name,
     check_value,
@@ -312,13 +312,13 @@ def split_tokens(tokens: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def _store(args: argparse.Namespace) -> Any:
-    from launcher.store import Store
+    from launcher.store.sets import Store
 
     return Store.open(args.store)
 
 
 def _key(args: argparse.Namespace, store: Any, create: bool = False) -> Any:
-    from launcher.keys import load_master_key
+    from launcher.store.keys import load_master_key
 
     key = load_master_key(store.directory, args.key_file, os.environ, create=create)
     if key.created:
@@ -343,7 +343,7 @@ def _read_stdin_value() -> str:
 
 
 def _explicit_values(args: argparse.Namespace, pairs: list[str]) -> dict[str, str]:
-    from launcher.parse import parse_pairs
+    from launcher.store.parse import parse_pairs
 
     values: dict[str, str] = {}
     for key, value in parse_pairs(pairs) + parse_pairs(getattr(args, "secrets", [])):
@@ -358,7 +358,7 @@ def _explicit_values(args: argparse.Namespace, pairs: list[str]) -> dict[str, st
 
 
 def _file_values(path: Path, ignore_empty: bool) -> dict[str, str]:
-    from launcher.parse import read_dotenv
+    from launcher.store.parse import read_dotenv
 
     entries = read_dotenv(path)
     if entries.empty and not ignore_empty:
@@ -383,7 +383,7 @@ def _file_values(path: Path, ignore_empty: bool) -> dict[str, str]:
 def _discovered_file() -> Path | None:
     from pathlib import Path
 
-    from launcher.parse import DISCOVERED_FILES, discover
+    from launcher.store.parse import DISCOVERED_FILES, discover
 
     found = discover(Path.cwd())
     if not found:
@@ -454,7 +454,7 @@ def _table(rows: Sequence[tuple[str, ...]]) -> str:
 
 
 def cmd_secrets_set(args: argparse.Namespace, pairs: list[str]) -> int:
-    from launcher.names import check_set_name
+    from launcher.store.names import check_set_name
 
     check_set_name(args.set)
     explicit = _explicit_values(args, pairs)
@@ -480,7 +480,7 @@ def cmd_secrets_set(args: argparse.Namespace, pairs: list[str]) -> int:
 
 
 def cmd_secrets_unset(args: argparse.Namespace) -> int:
-    from launcher.names import check_set_name
+    from launcher.store.names import check_set_name
 
     check_set_name(args.set)
     store = _store(args)
@@ -601,8 +601,8 @@ def cmd_secrets_delete(args: argparse.Namespace) -> int:
 def cmd_key_init(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from launcher import crypto
-    from launcher.keys import STORE_KEY_NAME, load_master_key, write_key_file
+    from launcher.store import crypto
+    from launcher.store.keys import STORE_KEY_NAME, load_master_key, write_key_file
 
     store = _store(args)
     target = args.key_file or (
@@ -630,8 +630,8 @@ def cmd_key_init(args: argparse.Namespace) -> int:
 def cmd_key_rotate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from launcher import crypto
-    from launcher.keys import MasterKey, fsync_directory, read_key_file, write_key_file
+    from launcher.store import crypto
+    from launcher.store.keys import MasterKey, fsync_directory, read_key_file, write_key_file
 
     store = _store(args)
     old = _key(args, store)
@@ -662,7 +662,7 @@ def cmd_key_rotate(args: argparse.Namespace) -> int:
 
 
 def cmd_platform_set(args: argparse.Namespace, pairs: list[str]) -> int:
-    from launcher.store import PLATFORM
+    from launcher.store.sets import PLATFORM
 
     values = _explicit_values(args, pairs)
     if not values:
@@ -686,7 +686,7 @@ def cmd_platform_set(args: argparse.Namespace, pairs: list[str]) -> int:
 
 
 def cmd_platform_show(args: argparse.Namespace) -> int:
-    from launcher.store import PLATFORM
+    from launcher.store.sets import PLATFORM
 
     store = _store(args)
     stored = store.key_times(PLATFORM) if store.has_platform() else {}

@@ -1,4 +1,4 @@
-"""A stand-in launcher: spawns one child with launcher.process and reports its pid.
+"""A stand-in launcher: spawns one child with launcher.process.worker and reports its pid.
 
 argv: the child's command. Prints "child <pid>" and then waits until it is killed; with
 SPAWNER_SUBREAPER=1 it becomes a subreaper and prints "reaped <pid> <code>" for every
@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 
-from launcher import process
+from launcher.process import worker as process
 
 if os.environ.get("SPAWNER_SUBREAPER"):
     print("subreaper", process.become_subreaper(), flush=True)

@@ -16,7 +16,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from launcher.sessions import SessionRuntime
+    from launcher.sessions.service import SessionRuntime
 
 MAX_BODY = 1024 * 1024  # bytes: a session's configuration, not an upload
 RETRY_AFTER_S = 1

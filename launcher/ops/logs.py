@@ -12,7 +12,7 @@ from collections.abc import Callable, MutableMapping
 from typing import Any
 
 from launcher.config import LogFormat
-from launcher.output import Masker
+from launcher.process.output import Masker
 
 Log = Callable[..., None]
 
@@ -42,7 +42,7 @@ class _WholeLines:
     """
 
     def write(self, text: str) -> int:
-        from launcher.output import write_whole
+        from launcher.process.output import write_whole
 
         write_whole(2, text.encode("utf-8", "replace"))
         return len(text)

@@ -31,10 +31,10 @@ from collections import OrderedDict
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
-from launcher.entrypoint import Entrypoint, find_entrypoint
 from launcher.errors import LauncherError
-from launcher.session_api import RETRY_AFTER_S, Refused
-from launcher.warm_pool import StartFailed, WarmPool, WarmProcess
+from launcher.sessions.api import RETRY_AFTER_S, Refused
+from launcher.sessions.entrypoint import Entrypoint, find_entrypoint
+from launcher.sessions.warm_pool import StartFailed, WarmPool, WarmProcess
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -42,9 +42,9 @@ if TYPE_CHECKING:
     import anyio
     import anyio.abc
 
-    from launcher.metrics import Metrics
-    from launcher.output import Masker
-    from launcher.status import PoolStatus
+    from launcher.ops.metrics import Metrics
+    from launcher.ops.status import PoolStatus
+    from launcher.process.output import Masker
     from launcher.supervisor import Plan
 
 __all__ = ["Entrypoint", "SessionRuntime", "find_entrypoint", "serve"]
@@ -348,7 +348,7 @@ class SessionRuntime:
 
     def status(self) -> PoolStatus:
         """The warm pool as `agent-run status` shows it (idle processes are the workers)."""
-        from launcher.status import PoolStatus, WorkerState, WorkerStatus
+        from launcher.ops.status import PoolStatus, WorkerState, WorkerStatus
 
         workers = tuple(
             WorkerStatus(
@@ -387,7 +387,7 @@ class SessionRuntime:
         replacement is warming for a moment), so readiness means: not draining, the agent
         imported successfully at least once, and the last process did not fail to import.
         """
-        from launcher.status import PoolStatus, WorkerState, WorkerStatus
+        from launcher.ops.status import PoolStatus, WorkerState, WorkerStatus
 
         ok = self.pool.ever_ready and self.pool.failures == 0
         state = WorkerState.READY if ok else WorkerState.STARTING
@@ -442,9 +442,10 @@ def serve(plan: Plan, entry: Entrypoint) -> int:
     `plan` is what `agent-run` resolved (config, environment layers, how to re-read the
     store); `entry` comes from `find_entrypoint`.
     """
-    from launcher import process, signals
-    from launcher.http_server import bind, parse_host_port
-    from launcher.output import Masker
+    from launcher import signals
+    from launcher.ops.http_server import bind, parse_host_port
+    from launcher.process import worker as process
+    from launcher.process.output import Masker
 
     config = plan.config
     host, port = parse_host_port(config.listen, "--listen")
@@ -466,10 +467,11 @@ async def _main(
 ) -> int:
     import anyio
 
-    from launcher import logs, signals
-    from launcher.http_server import serve_asgi
-    from launcher.output import Masker
-    from launcher.session_api import create_app
+    from launcher import signals
+    from launcher.ops import logs
+    from launcher.ops.http_server import serve_asgi
+    from launcher.process.output import Masker
+    from launcher.sessions.api import create_app
 
     config = plan.config
     log = logs.configure(config.log_format, masker or Masker(()))
@@ -488,8 +490,8 @@ async def _main(
             version=runtime.pool.version,
         )
         if health_socket is not None:
-            from launcher.health import create_app as health_app
-            from launcher.metrics import Metrics
+            from launcher.ops.health import create_app as health_app
+            from launcher.ops.metrics import Metrics
 
             runtime.metrics = Metrics(runtime.health_status, sessions_active=runtime.active)
             app = health_app(runtime.health_status, runtime.metrics, lambda: stopping)
@@ -552,8 +554,8 @@ async def _serve_control(plan: Plan, runtime: SessionRuntime, log: Any) -> None:
 
     import anyio
 
-    from launcher import control
-    from launcher.status import as_dict
+    from launcher.ops import control
+    from launcher.ops.status import as_dict
 
     def status() -> dict[str, object]:
         data = as_dict(runtime.status())

@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 
-from launcher.status import PoolStatus, RolloutState, WorkerState
+from launcher.ops.status import PoolStatus, RolloutState, WorkerState
 
 Send = Callable[[str], bool]
 

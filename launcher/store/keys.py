@@ -20,8 +20,8 @@ import os
 import stat
 from collections.abc import Mapping
 
-from launcher import crypto
 from launcher.errors import ConfigError, PermissionProblem
+from launcher.store import crypto
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (launch path)
 if TYPE_CHECKING:

@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from launcher.metrics import Metrics
-from launcher.status import PoolStatus, WorkerState
+from launcher.ops.metrics import Metrics
+from launcher.ops.status import PoolStatus, WorkerState
 
 
 def liveness(status: PoolStatus | None) -> bool:

@@ -1,6 +1,6 @@
 """The pre-warmed processes of session mode: spawn, warm-up, hand-out, retirement.
 
-`--idle N` processes import the agent ahead of time (launcher/runtime.py) and wait on a
+`--idle N` processes import the agent ahead of time (launcher/sessions/runtime.py) and wait on a
 private channel, one end of a socketpair, for a session. Each process records the
 *generation* of the environment it was started with; a new secrets version (or new platform
 credentials) starts a new generation, and a process of an older generation is never handed
@@ -20,14 +20,14 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from launcher import process
 from launcher.config import RunConfig
-from launcher.entrypoint import Entrypoint
 from launcher.environment import EnvironmentLayers, compose
 from launcher.errors import OperationFailed
-from launcher.output import Masker
-from launcher.policy import restart_delay
-from launcher.runtime import CHANNEL_VARIABLE
+from launcher.process import worker as process
+from launcher.process.output import Masker
+from launcher.sessions.entrypoint import Entrypoint
+from launcher.sessions.runtime import CHANNEL_VARIABLE
+from launcher.supervision.policy import restart_delay
 
 if TYPE_CHECKING:
     import anyio.abc
@@ -169,7 +169,7 @@ class WarmPool:
         return [
             sys.executable,
             "-m",
-            "launcher.runtime",
+            "launcher.sessions.runtime",
             entry.kind,
             entry.target,
             entry.function,

@@ -28,13 +28,13 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
-from launcher.output import Masker, Relay
+from launcher.process.output import Masker, Relay
 
 # typing.TYPE_CHECKING without importing typing; no contextlib either (try/except instead
 # of suppress): both cost ~3 ms together on the launch critical path.
 TYPE_CHECKING = False
 
-# `launcher.status` (enums, NamedTuples: ~1 ms) is imported by the methods that need it: a
+# `launcher.ops.status` (enums, NamedTuples: ~1 ms) is imported by the methods that need it: a
 # Worker is only built after the fork, so its import overlaps the agent's start-up instead
 # of delaying it.
 if TYPE_CHECKING:
@@ -120,7 +120,7 @@ class Worker:
         self.relay = relay
         self.started_at = time.time()
         self.started_monotonic = time.monotonic()
-        from launcher.status import WorkerState
+        from launcher.ops.status import WorkerState
 
         self.state = WorkerState.STARTING
         self.exit_code: int | None = None
@@ -154,7 +154,7 @@ class Worker:
         """The stop signal, once: a second one would make a LiveKit worker drop its calls."""
         if not self.stop_sent and self.alive:
             self.stop_sent = True
-            from launcher.status import WorkerState
+            from launcher.ops.status import WorkerState
 
             self.state = WorkerState.DRAINING
             self.send(sig)
@@ -168,7 +168,7 @@ class Worker:
 
     def reaped(self, status: int) -> None:
         self.exit_code = exit_code(status)
-        from launcher.status import WorkerState
+        from launcher.ops.status import WorkerState
 
         if self.state is not WorkerState.DRAINING:
             self.state = WorkerState.EXITED
@@ -387,7 +387,7 @@ class WorkerFactory:
 
     def spawn(self, index: int, layers: EnvironmentLayers) -> Worker:
         from launcher.environment import compose
-        from launcher.output import log_matcher
+        from launcher.process.output import log_matcher
 
         env = compose(layers, worker=index, port=self.port(index), notify_socket=self.notify_path)
         holder: list[Worker] = []

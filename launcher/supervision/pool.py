@@ -18,12 +18,12 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from launcher import policy
 from launcher.config import RestartPolicy, RunConfig
 from launcher.environment import EnvironmentLayers
-from launcher.process import Worker, WorkerFactory, exited_children
-from launcher.readiness import ReadySpec, probe_until_ready
-from launcher.status import PoolStatus, RolloutStatus, WorkerState, WorkerStatus
+from launcher.ops.status import PoolStatus, RolloutStatus, WorkerState, WorkerStatus
+from launcher.process.readiness import ReadySpec, probe_until_ready
+from launcher.process.worker import Worker, WorkerFactory, exited_children
+from launcher.supervision import policy
 
 Log = Callable[..., None]
 
@@ -283,7 +283,7 @@ class Pool:
         """A datagram on the notify socket, from a worker or one of its processes."""
         worker = self.by_pid.get(pid)
         if worker is None:
-            from launcher.notify_socket import process_group
+            from launcher.process.notify_socket import process_group
 
             group = process_group(pid)
             worker = self.by_pid.get(group) if group is not None else None

@@ -18,8 +18,8 @@ import anyio
 
 from launcher.environment import EnvironmentLayers
 from launcher.errors import LauncherError
-from launcher.pool import Log, Pool, Slot
-from launcher.status import RolloutState
+from launcher.ops.status import RolloutState
+from launcher.supervision.pool import Log, Pool, Slot
 
 
 class Rollout:

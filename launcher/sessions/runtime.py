@@ -1,6 +1,6 @@
 """Session mode, child side: import the agent once, wait for one session, run it, exit.
 
-The launcher starts `python -m launcher.runtime KIND TARGET FUNCTION STOP_SIGNAL [ARGS...]`
+The launcher starts `python -m launcher.sessions.runtime KIND TARGET FUNCTION STOP_SIGNAL [ARGS...]`
 with one end of a socketpair open on the fd named by AGENT_RUN_SESSION_FD. The protocol is
 one line per message:
 

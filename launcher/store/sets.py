@@ -33,11 +33,11 @@ import os
 import time
 from collections.abc import Callable, Mapping
 
-from launcher import crypto
 from launcher.errors import ConfigError, DecryptionFailed, OperationFailed, PermissionProblem
-from launcher.keys import MasterKey, fsync_directory, read_key_file
-from launcher.names import check_set_name, check_set_size
 from launcher.record import NamedTuple
+from launcher.store import crypto
+from launcher.store.keys import MasterKey, fsync_directory, read_key_file
+from launcher.store.names import check_set_name, check_set_size
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (launch path)
 if TYPE_CHECKING:
@@ -45,8 +45,8 @@ if TYPE_CHECKING:
     from types import TracebackType
     from typing import Any
 
-    from launcher.keys import StrPath
-    from launcher.model import SecretSet
+    from launcher.store.keys import StrPath
+    from launcher.store.model import SecretSet
 
 FORMAT = 2  # 1: development builds before the header carried the data key
 SUFFIX = ".set"
@@ -299,7 +299,7 @@ class Store:
 
     def read(self, name: str, key: MasterKey) -> SecretSet:
         """The current version of a set, decrypted; ConfigError if missing or not ready."""
-        from launcher.model import Secret, SecretSet, SetStatus
+        from launcher.store.model import Secret, SecretSet, SetStatus
 
         parsed = self._parse(name, self._read_existing(name))
         if parsed.header.get("status") != READY:

@@ -1,0 +1,1 @@
+"""Operations: logs, status, health and metrics, control socket, systemd."""

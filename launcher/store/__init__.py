@@ -1,0 +1,1 @@
+"""The secrets side: names, input parsing, sealing, master keys, set files."""

@@ -1,0 +1,1 @@
+"""The pool of workers: restart policy, slots, rolling replacement."""
