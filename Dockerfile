@@ -1,13 +1,18 @@
 # agent-run as a container entrypoint: the launcher is PID 1, reaps zombies, forwards
-# signals and drains the agent on `docker stop`. Build: docker build -t my-agent .
+# signals and drains the agent on `docker stop`. Build: docker build -t agent-run:0.1.0 .
+# Your own agent goes on top of this image: see deploy/Dockerfile.agent and README's Docker.
 FROM python:3.12-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    # The encrypted store: mount it (a volume, a Kubernetes Secret/ConfigMap) at this path.
+    # The sealed store: mount it read-only (a volume, a ConfigMap) at this path; the master
+    # key comes separately (a file at /run/secrets/agent-run.key, or AGENT_RUN_MASTER_KEY).
     AGENT_RUN_HOME=/var/lib/agent-run \
+    # Control sockets: writable by whichever uid runs the container (`docker run --user`),
+    # created 0700 by the launcher, since the store mount is read-only.
+    AGENT_RUN_RUNTIME_DIR=/tmp/agent-run \
     # /healthz, /readyz and /metrics for HEALTHCHECK and orchestrator probes.
     AGENT_RUN_HEALTH=0.0.0.0:8081
 
