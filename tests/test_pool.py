@@ -23,14 +23,16 @@ from launcher.supervision.pool import Pool
 
 pytestmark = pytest.mark.anyio
 
-# A worker that records each stop signal it gets in $POOL_DIR/<pid>, and exits on it.
+# A worker that records each stop signal it gets in $POOL_DIR/<pid>, and exits on it. The
+# file appears once the handler is installed: a test that waits for it never races the
+# interpreter's start-up (`started` readiness alone says nothing about the handler).
 SERVE = (
     "import os, signal, sys, time\n"
     "path = os.path.join(os.environ['POOL_DIR'], str(os.getpid()))\n"
-    "open(path, 'w').close()\n"
     "def stop(*_):\n"
     "    open(path, 'a').write('term\\n'); sys.exit(0)\n"
     "signal.signal(signal.SIGTERM, stop)\n"
+    "open(path, 'a').close()\n"
     "if os.environ.get('AGENT_RUN_WORKER') == os.environ.get('CRASH_SLOT'):\n"
     "    sys.exit(3)\n"
     "while True: time.sleep(1)\n"
@@ -102,6 +104,11 @@ def _terms(tmp_path: Path, pid: int) -> int:
     return (tmp_path / str(pid)).read_text().count("term")
 
 
+def _serving(tmp_path: Path, *pids: int) -> Callable[[], bool]:
+    """True once each of these workers has installed its SIGTERM handler."""
+    return lambda: all((tmp_path / str(pid)).exists() for pid in pids)
+
+
 async def test_replace_a_slot_new_ready_first_then_old_stopped_once(
     make_pool: Callable[..., Any], tmp_path: Path
 ) -> None:
@@ -113,9 +120,11 @@ async def test_replace_a_slot_new_ready_first_then_old_stopped_once(
         slot = pool.slots[0]
         old = slot.worker
         assert old is not None
+        await harness.until(_serving(tmp_path, old.pid))
         newer = pool.layers._replace(secrets_version=2)
         replacement = pool.spawn(slot.index, newer)
         assert await pool.wait_ready(replacement)
+        await harness.until(_serving(tmp_path, replacement.pid))
         assert old.alive  # capacity never dropped: both run until the swap
         assert pool.swap(slot, replacement) is old
         await pool.retire(old)
