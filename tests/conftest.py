@@ -6,6 +6,7 @@ import base64
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -13,6 +14,25 @@ import pytest
 
 AGENTS = Path(__file__).parent / "agents"
 SAMPLE_AGENTS = Path(__file__).parent.parent / "sample_agents"
+
+
+def wait_gone(pid: int, timeout: float = 30) -> None:
+    """Until `pid` no longer runs: gone, or a zombie waiting for init to reap it.
+
+    A SIGKILLed process still exists until the kernel has torn it down, and an orphan's
+    zombie until init reaps it: on a loaded machine both take a while after the launcher
+    has exited, so "gone" is awaited, never checked once.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return
+        if state in ("Z", "X"):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"process {pid} still runs")
 
 
 @pytest.fixture

@@ -16,22 +16,10 @@ import pytest
 from launcher.process import worker as process
 from launcher.process.output import Masker
 
+from .conftest import wait_gone
+
 AGENTS = Path(__file__).parent / "agents"
 ROOT = Path(__file__).parent.parent
-
-
-def _wait_gone(pid: int, timeout: float = 30) -> None:
-    """Until `pid` no longer runs (gone, or a zombie waiting for init)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (FileNotFoundError, ProcessLookupError):
-            return
-        if state in ("Z", "X"):
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"process {pid} still runs")
 
 
 def _read_line(proc: subprocess.Popen[str]) -> str:
@@ -171,7 +159,7 @@ def test_worker_dies_with_its_launcher() -> None:
         os.kill(child, 0)  # it runs
         spawner.kill()
         spawner.wait(timeout=30)
-        _wait_gone(child)
+        wait_gone(child)
     finally:
         spawner.kill()
         spawner.wait()
@@ -249,7 +237,7 @@ def test_stop_signals_the_main_process_once_and_kill_group_ends_the_rest(
     run_child.clear()
     assert report.read_text() == "term\n"
     assert worker.exit_code == 128 + signal.SIGKILL
-    _wait_gone(grandchild)
+    wait_gone(grandchild)
 
 
 def test_spawn_relays_masked_output_of_a_real_worker(tmp_path: Path) -> None:

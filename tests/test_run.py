@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import CLI, PROBE, Launcher, read_reports
+from .conftest import CLI, PROBE, Launcher, read_reports, wait_gone
 
 
 def _wait_reports(directory: Path, count: int, timeout: float = 30) -> dict[int, dict[str, object]]:
@@ -98,8 +98,7 @@ def test_term_is_forwarded_once_and_the_group_is_gone(
         assert len(report["terms"]) == 1  # type: ignore[arg-type]
         assert "exiting" in report
     for child in children:
-        with pytest.raises(ProcessLookupError):
-            os.kill(child, 0)
+        wait_gone(child)
 
 
 def test_second_term_kills_at_once(launch: Callable[..., Launcher], probe_dir: Path) -> None:
@@ -112,8 +111,7 @@ def test_second_term_kills_at_once(launch: Callable[..., Launcher], probe_dir: P
     launcher.wait_event("shutdown_forced")
     assert launcher.wait(timeout=30) == 0
     (report,) = read_reports(probe_dir).values()
-    with pytest.raises(ProcessLookupError):
-        os.kill(int(report["pid"]), 0)  # type: ignore[call-overload]
+    wait_gone(int(report["pid"]))  # type: ignore[call-overload]
 
 
 def test_drain_timeout_kills_the_group(launch: Callable[..., Launcher]) -> None:
