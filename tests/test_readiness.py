@@ -18,6 +18,7 @@ from launcher import sd_notify
 from launcher.errors import UsageError
 from launcher.process.notify_socket import NotifySocket, parse
 from launcher.process.readiness import ReadySpec, parse_ready, probe_until_ready
+from tests.conftest import CLI, Launcher
 
 ROOT = Path(__file__).parent.parent
 
@@ -170,3 +171,28 @@ def test_sd_notify_reaches_an_abstract_socket() -> None:
         listener.settimeout(30)
         assert sd_notify.notify("WATCHDOG=1", socket_path="@" + name)
         assert listener.recv(100) == b"WATCHDOG=1"
+
+
+def test_log_match_read_before_the_worker_is_registered_still_counts(
+    cli: CLI, probe_dir: Path
+) -> None:
+    """A `log:` match read by the relay before the spawner has registered the worker is kept."""
+    env = {**cli.env, "AGENT_RUN_LOG_FORMAT": "json", "PAUSE_S": "1.0"}
+    argv = [
+        sys.executable,
+        str(ROOT / "tests" / "agents" / "paused_spawner.py"),
+        "--no-watch",
+        "--ready",
+        "log:registered worker",
+        "--ready-timeout",
+        "20",
+        "--",
+        "sh",
+        "-c",
+        "echo registered worker; exec sleep 600",
+    ]
+    launcher = Launcher(argv, env, cli.cwd)
+    try:
+        launcher.wait_event("worker_ready", timeout=25)
+    finally:
+        launcher.stop()

@@ -12,10 +12,50 @@ the caller bounds the wait with `--ready-timeout` and races it against the worke
 
 from __future__ import annotations
 
+import _thread
+from collections.abc import Callable
+
 from launcher.errors import UsageError
 from launcher.record import NamedTuple
 
 PROBE_EVERY_S = 0.05
+
+
+class Latch:
+    """A flag raised at most once, from any thread; every subscriber hears of it exactly once,
+    whether it subscribed before or after the flag went up.
+
+    Why: a `log:REGEX` match is found by the worker's relay thread, which starts reading
+    before the supervisor has registered the worker. The latch is created *before* the
+    spawn and handed to both sides, so a match in any window is kept (#11, item 4: a
+    matching first line read in that window was dropped and the worker never became ready).
+    """
+
+    def __init__(self) -> None:
+        self._lock = _thread.allocate_lock()
+        self._set = False
+        self._subscribers: list[Callable[[], None]] = []
+
+    @property
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        with self._lock:
+            if self._set:
+                return
+            self._set = True
+            subscribers, self._subscribers = self._subscribers, []
+        for subscriber in subscribers:
+            subscriber()
+
+    def subscribe(self, subscriber: Callable[[], None]) -> None:
+        """Call `subscriber` once the latch is set (now, if it already is)."""
+        with self._lock:
+            if not self._set:
+                self._subscribers.append(subscriber)
+                return
+        subscriber()
 
 
 class ReadySpec(NamedTuple):

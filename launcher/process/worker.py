@@ -29,6 +29,7 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from launcher.process.output import Masker, Relay
+from launcher.process.readiness import Latch
 
 # typing.TYPE_CHECKING without importing typing; no contextlib either (try/except instead
 # of suppress): both cost ~3 ms together on the launch critical path.
@@ -113,6 +114,7 @@ class Worker:
         pid: int,
         version: int | None,
         relay: Relay | None,
+        log_match: Latch | None = None,
     ) -> None:
         self.slot = slot
         self.pid = pid
@@ -127,13 +129,19 @@ class Worker:
         self.stop_sent = False
         self.status_text: str | None = None
         self.last_watchdog = time.monotonic()
-        self.log_ready = False  # set by the relay thread when log:REGEX matched
+        # Raised by the relay thread when a line matched --ready log:REGEX. Created before
+        # the spawn, so a match read before anyone subscribed is kept (see Latch).
+        self.log_match = log_match if log_match is not None else Latch()
         # Set by the supervisor once its event loop runs (anyio events are loop-bound).
         self.exited: anyio.Event | None = None
         self.ready_event: anyio.Event | None = None
 
     def __repr__(self) -> str:
         return f"Worker(slot={self.slot}, pid={self.pid}, state={self.state.value})"
+
+    @property
+    def log_ready(self) -> bool:
+        return self.log_match.is_set
 
     @property
     def alive(self) -> bool:
@@ -312,10 +320,12 @@ def spawn(
     inherit_stdin: bool = False,
     on_line: Callable[[bytes], None] | None = None,
     pass_fds: Sequence[int] = (),
+    log_match: Latch | None = None,
 ) -> Worker:
     """Start one worker. With a masker, its output is relayed masked; without, it is inherited.
 
-    `pass_fds` stay open in the child (session mode's private channel).
+    `pass_fds` stay open in the child (session mode's private channel). `log_match` is the
+    latch `on_line` raises; it becomes the worker's, so nothing it records can be lost.
     """
     stdin = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC) if not inherit_stdin else 0
     routes: dict[int, int] = {}
@@ -351,7 +361,7 @@ def spawn(
     relay = None
     if routes:
         relay = Relay(routes, masker or Masker(()), on_line=on_line, name=f"relay-{slot}").start()
-    return Worker(slot, pid, version, relay)
+    return Worker(slot, pid, version, relay, log_match)
 
 
 class WorkerFactory:
@@ -379,8 +389,6 @@ class WorkerFactory:
         self.use_pty = use_pty
         self.inherit_stdin = inherit_stdin
         self.log_pattern = log_pattern
-        # Called from a relay thread when a worker's output matched --ready log:REGEX.
-        self.on_log_ready: Callable[[Worker], None] = lambda worker: None
 
     def port(self, index: int) -> int | None:
         return self.port_base + index if self.port_base is not None else None
@@ -390,17 +398,13 @@ class WorkerFactory:
         from launcher.process.output import log_matcher
 
         env = compose(layers, worker=index, port=self.port(index), notify_socket=self.notify_path)
-        holder: list[Worker] = []
+        # The latch exists before the process does: the relay may match the first line
+        # before this function returns, and the match must stay recorded (#11, item 4).
+        log_match = Latch()
         on_line = None
         if self.log_pattern is not None:
-
-            def matched() -> None:
-                if holder:
-                    holder[0].log_ready = True
-                    self.on_log_ready(holder[0])
-
-            on_line = log_matcher(self.log_pattern, matched)
-        worker = spawn(
+            on_line = log_matcher(self.log_pattern, log_match.set)
+        return spawn(
             self.argv,
             env,
             slot=index,
@@ -409,6 +413,5 @@ class WorkerFactory:
             use_pty=self.use_pty,
             inherit_stdin=self.inherit_stdin,
             on_line=on_line,
+            log_match=log_match,
         )
-        holder.append(worker)
-        return worker

@@ -55,7 +55,6 @@ class Pool:
         self.layers = layers  # the newest environment known good: restarts use it
         self.spec = spec
         self.factory = factory
-        factory.on_log_ready = self._log_ready
         self.log = log
         self.slots = [Slot(i) for i in range(config.workers)]
         self.by_pid: dict[int, Worker] = {}
@@ -81,17 +80,13 @@ class Pool:
             self._attach(worker)
         return worker
 
-    def _log_ready(self, worker: Worker) -> None:
-        # Called from a relay thread.
-        if self._loop is not None and worker.ready_event is not None:
-            self._loop.call_soon_threadsafe(worker.ready_event.set)
-
     def _attach(self, worker: Worker) -> None:
         """Give a worker its loop-bound events."""
         worker.exited = anyio.Event()
-        worker.ready_event = anyio.Event()
-        if worker.log_ready:
-            worker.ready_event.set()
+        worker.ready_event = ready = anyio.Event()
+        loop = self._loop
+        # A log: match raises the worker's latch from a relay thread, before or after this.
+        worker.log_match.subscribe(lambda: loop.call_soon_threadsafe(ready.set))
 
     # --- the loop side -------------------------------------------------------------------
 
