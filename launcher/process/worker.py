@@ -7,8 +7,10 @@
   SIGKILLed when the drain deadline passes or once the main process has exited. Never a
   second TERM, never the whole group first: a LiveKit worker takes a second SIGTERM as "exit
   now", and its job processes do not ignore a group-wide one.
-- Exit statuses are collected by the supervisor's reaper (one `waitpid(-1)` loop for workers
-  and orphans alike), never by a per-child wait, so no status is ever stolen or lost.
+- Exit statuses are collected by the one reaper (`launcher.process.reaper`: the only
+  `waitpid(-1)`, with a registry of whose pid is whose), never by a per-child wait, so no
+  status is ever stolen or lost. `spawn` registers each worker there at once, on the
+  spawning thread; an owner (the pool, the warm pool) may register its own callback later.
 
 Why our own fork/exec and not `subprocess.Popen`: measured here, `Popen(preexec_fn=...)`
 costs ~1.6 ms per spawn (the child re-initialises Python's after-fork state and the parent
@@ -26,10 +28,22 @@ import signal
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
+from launcher.process import reaper
 from launcher.process.output import Masker, Relay
 from launcher.process.readiness import Latch
+from launcher.process.reaper import exit_code, exited_children
+
+__all__ = [
+    "Worker",
+    "WorkerFactory",
+    "become_subreaper",
+    "exit_code",
+    "exited_children",
+    "fork_exec",
+    "spawn",
+]
 
 # typing.TYPE_CHECKING without importing typing; no contextlib either (try/except instead
 # of suppress): both cost ~3 ms together on the launch critical path.
@@ -77,32 +91,6 @@ def become_subreaper() -> bool:
         return _prctl()(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False
-
-
-def exited_children() -> Iterator[tuple[int, int]]:
-    """(pid, wait status) of every child that has exited, without blocking.
-
-    The one `waitpid(-1)` loop of the launcher: workers and orphaned grandchildren (which a
-    subreaper inherits) are collected here; callers dispatch by pid, so a worker's status
-    is never taken by anyone else.
-    """
-    while True:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        yield pid, status
-
-
-def exit_code(status: int) -> int:
-    """A waitpid status as a shell would report it: the code, or 128+N for signal N."""
-    if os.WIFSIGNALED(status):
-        return 128 + os.WTERMSIG(status)
-    if os.WIFEXITED(status):
-        return os.WEXITSTATUS(status)
-    return 1
 
 
 class Worker:
@@ -361,7 +349,9 @@ def spawn(
     relay = None
     if routes:
         relay = Relay(routes, masker or Masker(()), on_line=on_line, name=f"relay-{slot}").start()
-    return Worker(slot, pid, version, relay, log_match)
+    worker = Worker(slot, pid, version, relay, log_match)
+    reaper.register(pid, worker.reaped)  # before any reap can run: same (main) thread
+    return worker
 
 
 class WorkerFactory:

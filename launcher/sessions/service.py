@@ -101,6 +101,7 @@ class SessionRuntime:
         self.masker = masker
         self.log = log
         self.pool = WarmPool(plan.config, entry, plan.layers, masker, log)
+        self.pool.on_exit = self._process_exited
         self.fingerprint: Hashable = plan.initial_fingerprint
         self._failed_fingerprint: Hashable = None
         self.sessions: OrderedDict[str, Session] = OrderedDict()
@@ -269,21 +270,19 @@ class SessionRuntime:
     # --- exits ----------------------------------------------------------------------------
 
     def reap(self) -> None:
-        """Collect every exited child (ours and, as subreaper, orphans)."""
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid == 0:
-                break
-            warm = self.pool.exited(pid, status)
-            if warm is not None and warm.session is not None:
-                self._ended(warm.session)
+        """Collect every exited child (ours and, as subreaper, orphans): the one reaper
+        dispatches our processes' exits to the warm pool, which calls `_process_exited`."""
+        from launcher.process import reaper
+
+        reaper.reap()
         self._exited.set()
         import anyio
 
         self._exited = anyio.Event()
+
+    def _process_exited(self, warm: WarmProcess) -> None:
+        if warm.session is not None:
+            self._ended(warm.session)
 
     def _ended(self, session: Session) -> None:
         code = session.process.worker.exit_code

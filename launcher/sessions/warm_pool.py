@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from launcher.config import RunConfig
 from launcher.environment import EnvironmentLayers, compose
 from launcher.errors import OperationFailed
+from launcher.process import reaper
 from launcher.process import worker as process
 from launcher.process.output import Masker
 from launcher.sessions.entrypoint import Entrypoint
@@ -147,6 +148,8 @@ class WarmPool:
         self._refill_at = 0.0
         self._refill_scheduled = False
         self._tg: anyio.abc.TaskGroup | None = None
+        # Told when one of our processes has been reaped (after `exited` recorded it).
+        self.on_exit: Callable[[WarmProcess], None] = lambda warm: None
 
     @property
     def failures(self) -> int:
@@ -204,6 +207,7 @@ class WarmPool:
         warm = WarmProcess(worker, parent, self.generation)
         warm.on_ready = self._warmed
         self.processes[warm.pid] = warm
+        reaper.register(warm.pid, lambda status: self._reaped(warm.pid, status))
         self._tg.start_soon(warm.read_messages)
         return warm
 
@@ -289,6 +293,11 @@ class WarmPool:
             warm.retire()
         self.refill()
         return len(stale)
+
+    def _reaped(self, pid: int, status: int) -> None:
+        warm = self.exited(pid, status)
+        if warm is not None:
+            self.on_exit(warm)
 
     def exited(self, pid: int, status: int) -> WarmProcess | None:
         """Record a reaped process; returns it when it was one of ours."""

@@ -21,8 +21,9 @@ import anyio.abc
 from launcher.config import RestartPolicy, RunConfig
 from launcher.environment import EnvironmentLayers
 from launcher.ops.status import PoolStatus, RolloutStatus, WorkerState, WorkerStatus
+from launcher.process import reaper
 from launcher.process.readiness import ReadySpec, probe_until_ready
-from launcher.process.worker import Worker, WorkerFactory, exited_children
+from launcher.process.worker import Worker, WorkerFactory
 from launcher.supervision import policy
 
 Log = Callable[..., None]
@@ -76,6 +77,7 @@ class Pool:
     def adopt(self, worker: Worker) -> Worker:
         """Track a worker (spawned here, or before the event loop existed)."""
         self.by_pid[worker.pid] = worker
+        reaper.register(worker.pid, lambda status: self._reaped(worker, status))
         if self._loop is not None:
             self._attach(worker)
         return worker
@@ -336,17 +338,17 @@ class Pool:
     # --- reaping -------------------------------------------------------------------------
 
     def reap(self) -> None:
-        """Collect every exited child: workers by pid, orphaned grandchildren too."""
-        for pid, status in exited_children():
-            worker = self.by_pid.pop(pid, None)
-            if worker is None:
-                continue  # an orphan re-parented to us: reaped, nothing else to do
-            worker.reaped(status)
-            # The main process is gone: whatever it left in its group goes with it.
-            worker.kill_group()
-            if worker.exited is not None:
-                worker.exited.set()
-            self.on_change()
+        """Collect every exited child (orphans too); our workers' exits come to `_reaped`."""
+        reaper.reap()
+
+    def _reaped(self, worker: Worker, status: int) -> None:
+        self.by_pid.pop(worker.pid, None)
+        worker.reaped(status)
+        # The main process is gone: whatever it left in its group goes with it.
+        worker.kill_group()
+        if worker.exited is not None:
+            worker.exited.set()
+        self.on_change()
 
     # --- shutdown ------------------------------------------------------------------------
 
