@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from launcher.sessions.runtime import CHANNEL_VARIABLE, RunnerArguments
+from launcher.sessions.runtime import CHANNEL_VARIABLE, RunnerArguments, command
 
 AGENT = Path(__file__).parent / "agents" / "session_agent.py"
 DEADLINE = 30.0
 
 
 class Child:
-    """`python -m launcher.sessions.runtime` with the parent's end of its channel."""
+    """A session process started as the warm pool starts it, with the parent's end of its channel."""
 
     def __init__(self, tmp_path: Path, function: str = "bot", target: str = str(AGENT)) -> None:
         self.dir = tmp_path
@@ -29,16 +29,7 @@ class Child:
         env = {**os.environ, "SESSION_DIR": str(tmp_path), CHANNEL_VARIABLE: str(child.fileno())}
         env.setdefault("DEMO_API_KEY", "sk-runtime-test")
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "launcher.sessions.runtime",
-                "script",
-                target,
-                function,
-                "15",
-                "a1",
-            ],
+            command(sys.executable, "script", target, function, 15, ["a1"]),
             env=env,
             pass_fds=(child.fileno(),),
             stderr=subprocess.PIPE,

@@ -330,3 +330,35 @@ def test_dev_mode_reimports_idle_processes_on_code_change(
     answer = server.post({}).json()
     assert answer["pid"] == edited["pid"] != first
     server.http.close()
+
+
+@pytest.mark.parametrize("shadow", ["launcher.py", "launcher/__init__.py"])
+def test_a_project_with_its_own_launcher_module_runs_sessions(
+    cli: CLI, tmp_path: Path, shadow: str
+) -> None:
+    """A `launcher.py` or `launcher/` package in the project does not shadow the session runtime."""
+    import shutil
+    import sys
+
+    project = tmp_path / "project"
+    (project / shadow).parent.mkdir(parents=True, exist_ok=True)
+    (project / shadow).write_text("raise SystemExit('the project launcher was imported')\n")
+    shutil.copy(AGENT, project / "bot.py")
+    directory = tmp_path / "sessions"
+    directory.mkdir()
+    assert cli("secrets", "set", "demo", "DEMO_API_KEY=value-1").returncode == 0
+    # The console script, as a user runs it: `python -m launcher` would itself import the
+    # project's module from the working directory.
+    agent_run = str(Path(sys.executable).parent / "agent-run")
+    argv = [agent_run, "--secrets", "demo", "--listen", "127.0.0.1:0", "--no-watch", "bot.py"]
+    env = {**cli.env, "AGENT_RUN_LOG_FORMAT": "json", "SESSION_DIR": str(directory)}
+    server = Server(Launcher(argv, env, project), directory)
+    try:
+        answer = server.post({"seconds": 0})
+        assert answer.status_code == 201, answer.text
+        session = server.file(f"{answer.json()['id']}.json")
+        assert session["pid"] == answer.json()["pid"]
+        assert "the project launcher was imported" not in server.launcher.output()
+    finally:
+        server.http.close()
+        server.launcher.stop()

@@ -1,8 +1,8 @@
 """Session mode, child side: import the agent once, wait for one session, run it, exit.
 
-The launcher starts `python -m launcher.sessions.runtime KIND TARGET FUNCTION STOP_SIGNAL [ARGS...]`
-with one end of a socketpair open on the fd named by AGENT_RUN_SESSION_FD. The protocol is
-one line per message:
+The launcher starts `python -c BOOTSTRAP /path/to/runtime.py KIND TARGET FUNCTION STOP_SIGNAL
+[ARGS...]` (see `command`) with one end of a socketpair open on the fd named by
+AGENT_RUN_SESSION_FD. The protocol is one line per message:
 
     child  -> launcher   ready                      the agent is imported (warm)
     launcher -> child    {"session_id": ..., "body": ...}
@@ -18,6 +18,14 @@ pay.
 One process serves one session and exits when it ends: 0 when the entrypoint returned or
 was stopped by the stop signal (`DELETE /sessions/{id}`), 1 when it raised (traceback on
 stderr, relayed masked). A closed channel before any session means "retired": exit 0.
+
+How the child starts (#11, item 5): session processes run in the user's directory, so
+`python -m launcher.sessions.runtime` let a project's own `launcher.py` or `launcher/`
+shadow ours. The bootstrap loads this file by its absolute path under a private module
+name, with nothing of ours on sys.path, and drops `-c`'s "" entry: the agent then sees the
+sys.path it would see under `python bot.py` (its own directory first) or `python -m`
+(the working directory first). Hence this module imports only the standard library: it
+needs no `launcher` package in the child, whatever interpreter runs it.
 """
 
 from __future__ import annotations
@@ -32,6 +40,29 @@ from typing import Any
 
 CHANNEL_VARIABLE = "AGENT_RUN_SESSION_FD"
 SESSION_VARIABLE = "AGENT_RUN_SESSION_ID"
+MODULE_NAME = "_agent_run_session_runtime"  # nothing a project would call its own module
+
+# Run by `python -c`; argv[1] is this file. Standard library only, nothing from the cwd:
+# the "" that -c puts first on sys.path goes before anything is imported through it.
+BOOTSTRAP = f"""\
+import sys
+if sys.path and sys.path[0] == "":
+    del sys.path[0]
+from importlib.util import module_from_spec, spec_from_file_location
+spec = spec_from_file_location({MODULE_NAME!r}, sys.argv[1])
+runtime = module_from_spec(spec)
+sys.modules[spec.name] = runtime
+spec.loader.exec_module(runtime)
+runtime._exit(runtime.main(sys.argv[2:]))
+"""
+
+
+def command(
+    python: str, kind: str, target: str, function: str, stop_signal: int, args: list[str]
+) -> list[str]:
+    """The argv of a session process: `python` runs this file, immune to the user's modules."""
+    here = os.path.abspath(__file__)
+    return [python, "-c", BOOTSTRAP, here, kind, target, function, str(stop_signal), *args]
 
 
 class RunnerArguments:

@@ -28,6 +28,7 @@ from launcher.process import worker as process
 from launcher.process.output import Masker
 from launcher.sessions.entrypoint import Entrypoint
 from launcher.sessions.runtime import CHANNEL_VARIABLE
+from launcher.sessions.runtime import command as runtime_command
 from launcher.supervision.policy import restart_delay
 
 if TYPE_CHECKING:
@@ -168,17 +169,14 @@ class WarmPool:
 
     def _argv(self) -> list[str]:
         entry = self.entry
-        args = list(self.config.target.args)
-        return [
+        return runtime_command(
             sys.executable,
-            "-m",
-            "launcher.sessions.runtime",
             entry.kind,
             entry.target,
             entry.function,
-            str(int(self.config.stop_signal)),
-            *args,
-        ]
+            int(self.config.stop_signal),
+            list(self.config.target.args),
+        )
 
     def spawn(self) -> WarmProcess:
         """Start one process on the current generation; its messages are read in the pool."""
