@@ -87,6 +87,9 @@ def run(plan: Plan) -> int:
     # GIL with those imports, it was often ready only after that line (~12 ms).
     if masker is not None:
         masker.prepare()
+    from launcher.process.containment import contain
+
+    contain()  # after the spawn: moving into a cgroup costs ~10 ms
     import anyio
 
     try:
@@ -113,6 +116,9 @@ async def _main(
 
     config = plan.config
     log = logs.configure(config.log_format, masker or Masker(()))
+    from launcher.process.containment import current as containment
+
+    log("containment", mode=containment().mode, detail=containment().detail)
     pool = Pool(config, plan.layers, spec, factory, log)
     for slot, worker in zip(pool.slots, early, strict=True):
         slot.worker = pool.adopt(worker)

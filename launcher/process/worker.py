@@ -36,13 +36,16 @@ from launcher.process.readiness import Latch
 from launcher.process.reaper import exit_code, exited_children
 
 __all__ = [
+    "INSTANCE_VARIABLE",
     "Worker",
     "WorkerFactory",
     "become_subreaper",
     "exit_code",
     "exited_children",
     "fork_exec",
+    "instance_mark",
     "spawn",
+    "spawn_hooks",
 ]
 
 # typing.TYPE_CHECKING without importing typing; no contextlib either (try/except instead
@@ -74,6 +77,23 @@ _RESET_SIGNALS = (
 )
 
 _libc: object | None = None
+
+# Told the pid of every child fork_exec starts (containment tells its guardian).
+spawn_hooks: list[Callable[[int], None]] = []
+
+# Every child carries this launcher's mark in its environment, and passes it on to its own
+# descendants unless it clears its environment: the guardian finds escaped daemons by it
+# when no cgroup is available (launcher.process.containment).
+INSTANCE_VARIABLE = "AGENT_RUN_INSTANCE"
+_instance: str | None = None
+
+
+def instance_mark() -> str:
+    """This launcher's mark: its pid and a random part, the same for all its children."""
+    global _instance
+    if _instance is None:
+        _instance = f"{os.getpid()}.{os.urandom(6).hex()}"
+    return _instance
 
 
 def _prctl() -> Callable[..., int]:
@@ -224,6 +244,10 @@ def fork_exec(
     prctl = _prctl()  # libc is loaded in the parent: the child imports nothing
     path = _executable(argv[0], env)
     environment = dict(env)
+    mark, outer = instance_mark(), environment.get(INSTANCE_VARIABLE)
+    # A launcher run by another keeps the outer mark too: the outer one's guardian must
+    # still find our workers' descendants.
+    environment[INSTANCE_VARIABLE] = f"{outer} {mark}" if outer and mark not in outer else mark
     close = _inherited_fds(pass_fds)
     parent = os.getpid()
     # Signals are blocked across fork: until exec, the child still has our Python signal
@@ -277,6 +301,8 @@ def fork_exec(
         finally:
             os._exit(127)
     signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    for hook in spawn_hooks:
+        hook(pid)
     # Also from this side, so a stop or kill_group() sent right after the fork reaches the
     # new group even if the child has not run yet (EACCES once it has exec'd: already done).
     try:

@@ -456,6 +456,9 @@ def serve(plan: Plan, entry: Entrypoint) -> int:
     signals.install_early()
     process.become_subreaper()
     masker = Masker(plan.masked_values) if config.mask else None
+    from launcher.process.containment import contain
+
+    contain()
     import anyio
 
     return anyio.run(_main, plan, entry, masker, listener, health_socket)
@@ -474,6 +477,9 @@ async def _main(
 
     config = plan.config
     log = logs.configure(config.log_format, masker or Masker(()))
+    from launcher.process.containment import current as containment
+
+    log("containment", mode=containment().mode, detail=containment().detail)
     runtime = SessionRuntime(plan, entry, masker, log)
     force = anyio.Event()
     stopping = False
