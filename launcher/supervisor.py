@@ -17,8 +17,9 @@ import sys
 from collections.abc import Callable, Hashable
 
 from launcher import signals
-from launcher.config import RestartPolicy, RunConfig
+from launcher.config import RunConfig
 from launcher.environment import EnvironmentLayers
+from launcher.process import reaper
 from launcher.process import worker as process
 from launcher.process.notify_socket import NotifySocket
 from launcher.process.output import Masker
@@ -111,19 +112,19 @@ async def _main(
 
     from launcher.ops import logs
     from launcher.ops.status import StatusBoard, as_dict
-    from launcher.supervision.pool import Pool
-    from launcher.supervision.rollout import Rollout
+    from launcher.supervision.engine import Engine
 
     config = plan.config
     log = logs.configure(config.log_format, masker or Masker(()))
     from launcher.process.containment import current as containment
 
     log("containment", mode=containment().mode, detail=containment().detail)
-    pool = Pool(config, plan.layers, spec, factory, log)
-    for slot, worker in zip(pool.slots, early, strict=True):
-        slot.worker = pool.adopt(worker)
+    engine = Engine(config, plan.layers, spec, factory, log)
+    for index, worker in enumerate(early):
+        engine.adopt(worker, index)
+        log("worker_started", slot=index, pid=worker.pid, version=worker.version, port=worker.port)
     board = StatusBoard()
-    pool.on_change = lambda: board.publish(pool.status(plan.name, plan.secret_set))
+    engine.on_change = lambda: board.publish(engine.status(plan.name, plan.secret_set))
 
     def reload_layers() -> EnvironmentLayers:
         layers, values = plan.reload()
@@ -131,8 +132,6 @@ async def _main(
             masker.add(values)
         return layers
 
-    rollout = Rollout(pool, reload_layers, log)
-    force = anyio.Event()
     stopping = False
     systemd = None
     if os.environ.get("NOTIFY_SOCKET"):
@@ -142,16 +141,23 @@ async def _main(
         board.subscribe(systemd.observe)
 
     async with anyio.create_task_group() as tg:
-        await pool.run(tg)
-        pool.on_change()
-        tg.start_soon(notify.serve, pool.notified)
-        tg.start_soon(rollout.run)
+        engine_done = anyio.Event()
+        code = 0
+
+        async def drive() -> None:
+            nonlocal code
+            code = await engine.run(reload_layers)
+            engine_done.set()
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(drive)
+        tg.start_soon(notify.serve, engine.notified)
         if config.watch and plan.watch_dir is not None and plan.fingerprint is not None:
-            tg.start_soon(_watch_store, plan, rollout, log)
+            tg.start_soon(_watch_store, plan, engine, log)
         if plan.code_dir is not None:
-            tg.start_soon(_watch_code, plan.code_dir, rollout, log)
+            tg.start_soon(_watch_code, plan.code_dir, engine, log)
         if plan.run_dir is not None:
-            tg.start_soon(_serve_control, plan, board, rollout, log, as_dict)
+            tg.start_soon(_serve_control, plan, board, engine, log, as_dict)
         if health_socket is not None:
             from launcher.ops.health import create_app
             from launcher.ops.http_server import serve_asgi
@@ -169,44 +175,33 @@ async def _main(
             if interval:
                 tg.start_soon(ping_watchdog, interval)
 
-        async def finish_when_done() -> None:
-            assert pool.all_done is not None
-            await pool.all_done.wait()
-            tg.cancel_scope.cancel()
-
-        tg.start_soon(finish_when_done)
-
-        async def shut_down() -> None:
-            if systemd is not None:
-                systemd.stopping()
-            await pool.shutdown(force)
-            tg.cancel_scope.cancel()
-
         async for signum in signals.receive():
             if signum == signal.SIGCHLD:
-                pool.reap()
+                engine.reap()
             elif signum in (signal.SIGTERM, signal.SIGINT):
                 if stopping:
-                    force.set()  # a second TERM/INT: no more waiting
+                    log("shutdown_forced", level="warning")
+                    engine.force()  # a second TERM/INT: no more waiting
                 else:
                     stopping = True
-                    log("signal_received", signal=signal.Signals(signum).name, action="drain")
-                    tg.start_soon(shut_down)
+                    log(
+                        "signal_received",
+                        signal=signal.Signals(signum).name,
+                        action="drain",
+                        drain_timeout=config.drain_timeout,
+                    )
+                    if systemd is not None:
+                        systemd.stopping()
+                    engine.shutdown()
             elif signum == signal.SIGHUP:
-                rollout.request("SIGHUP")
+                engine.request("SIGHUP")
             elif signum in (signal.SIGUSR1, signal.SIGUSR2):
-                for worker in pool.live_workers():
-                    worker.send(signum)
-    if stopping:
-        if config.workers == 1 and config.restart is RestartPolicy.NEVER:
-            code = pool.slots[0].last_exit
-            exited = early[0].exit_code if pool.slots[0].worker is None else None
-            return code if code is not None else (exited or 0)
-        return 0
-    return pool.exit_code if pool.exit_code is not None else 0
+                engine.forward(signum)
+    reaper.reap_remaining(timeout=2.0)
+    return code
 
 
-async def _watch_store(plan: Plan, rollout: Any, log: Any) -> None:
+async def _watch_store(plan: Plan, engine: Any, log: Any) -> None:
     from launcher.watch import fingerprints
 
     assert plan.watch_dir is not None and plan.fingerprint is not None
@@ -215,18 +210,18 @@ async def _watch_store(plan: Plan, rollout: Any, log: Any) -> None:
         return
     async for value in fingerprints(plan.watch_dir, plan.fingerprint, plan.initial_fingerprint):
         log("store_changed", fingerprint=str(value))
-        rollout.request("store changed")
+        engine.request("store changed")
 
 
-async def _watch_code(directory: Path, rollout: Any, log: Any) -> None:
+async def _watch_code(directory: Path, engine: Any, log: Any) -> None:
     from launcher.watch import code_changes
 
     async for files in code_changes(directory):
         log("code_changed", files=",".join(files[:5]))
-        rollout.request("code changed")
+        engine.request("code changed")
 
 
-async def _serve_control(plan: Plan, board: Any, rollout: Any, log: Any, as_dict: Any) -> None:
+async def _serve_control(plan: Plan, board: Any, engine: Any, log: Any, as_dict: Any) -> None:
     from pathlib import Path
 
     import anyio
@@ -235,7 +230,7 @@ async def _serve_control(plan: Plan, board: Any, rollout: Any, log: Any, as_dict
     from launcher.ops import control
 
     async def reload() -> dict[str, object]:
-        result: dict[str, object] = await rollout.request_and_wait("agent-run reload")
+        result: dict[str, object] = await engine.request_and_wait("agent-run reload")
         return result
 
     handlers = control.Handlers(status=lambda: as_dict(board.current), reload=reload)

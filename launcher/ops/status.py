@@ -37,6 +37,8 @@ class WorkerStatus(NamedTuple):
     started_at: float | None = None  # wall-clock seconds since the epoch
     restarts: int = 0
     last_exit: int | None = None  # exit code, or 128+N for a signal
+    port: int | None = None  # AGENT_RUN_PORT of this process (--port-base)
+    status_text: str | None = None  # the worker's own STATUS= line (sd_notify)
 
 
 class RolloutStatus(NamedTuple):

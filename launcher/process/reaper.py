@@ -66,6 +66,30 @@ def reap() -> int:
     return owned
 
 
+def reap_remaining(timeout: float) -> None:
+    """At exit: collect the last orphans (a killed worker's group) for up to `timeout` s.
+
+    Without this the launcher could exit while its killed descendants are still zombies
+    re-parented to it; they would then outlive it for a moment as init's children.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return  # no child left at all
+        if pid:
+            on_exit = _owners.pop(pid, None)
+            if on_exit is not None:
+                on_exit(status)
+        elif time.monotonic() >= deadline:
+            return  # something still runs that is not ours to wait for
+        else:
+            time.sleep(0.005)
+
+
 def exit_code(status: int) -> int:
     """A waitpid status as a shell would report it: the code, or 128+N for signal N."""
     if os.WIFSIGNALED(status):

@@ -135,11 +135,14 @@ class Worker:
         self.state = WorkerState.STARTING
         self.exit_code: int | None = None
         self.stop_sent = False
+        self.stopped_at: float | None = None  # monotonic time of the stop signal
         self.status_text: str | None = None
         self.last_watchdog = time.monotonic()
         # Raised by the relay thread when a line matched --ready log:REGEX. Created before
         # the spawn, so a match read before anyone subscribed is kept (see Latch).
         self.log_match = log_match if log_match is not None else Latch()
+        self.port: int | None = None  # AGENT_RUN_PORT given to it (--port-base)
+        self.generation = 0  # the engine's generation (environment) it runs
         # Set by the supervisor once its event loop runs (anyio events are loop-bound).
         self.exited: anyio.Event | None = None
         self.ready_event: anyio.Event | None = None
@@ -406,21 +409,21 @@ class WorkerFactory:
         self.inherit_stdin = inherit_stdin
         self.log_pattern = log_pattern
 
-    def port(self, index: int) -> int | None:
-        return self.port_base + index if self.port_base is not None else None
-
-    def spawn(self, index: int, layers: EnvironmentLayers) -> Worker:
+    def spawn(self, index: int, layers: EnvironmentLayers, port: int | None = None) -> Worker:
+        """Start worker `index`; `port` is its AGENT_RUN_PORT (the engine picks the lane)."""
         from launcher.environment import compose
         from launcher.process.output import log_matcher
 
-        env = compose(layers, worker=index, port=self.port(index), notify_socket=self.notify_path)
+        if port is None and self.port_base is not None:
+            port = self.port_base + index  # the launch: every slot in lane 0
+        env = compose(layers, worker=index, port=port, notify_socket=self.notify_path)
         # The latch exists before the process does: the relay may match the first line
         # before this function returns, and the match must stay recorded (#11, item 4).
         log_match = Latch()
         on_line = None
         if self.log_pattern is not None:
             on_line = log_matcher(self.log_pattern, log_match.set)
-        return spawn(
+        worker = spawn(
             self.argv,
             env,
             slot=index,
@@ -431,3 +434,5 @@ class WorkerFactory:
             on_line=on_line,
             log_match=log_match,
         )
+        worker.port = port
+        return worker

@@ -1,0 +1,566 @@
+"""The executor: applies the planner's actions to real processes and feeds back what happened.
+
+One task owns the pool. Everything else — the reaper, readiness probes, the notify socket,
+log matches from relay threads, signals, reload requests — only *posts* an event; the event
+is recorded at once (`planner.observe`) and the owner task wakes, asks `planner.plan` what to
+do and does it. No other code starts or stops a process, so no two decisions can race: a
+crash backoff cannot overwrite a rollout's swap, a rollout cannot start a worker after
+shutdown began, and every stop signal is sent once (the planner marks it before we send it).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from launcher.config import RestartPolicy, RunConfig
+from launcher.environment import EnvironmentLayers
+from launcher.errors import LauncherError
+from launcher.ops.status import (
+    PoolStatus,
+    RolloutState,
+    RolloutStatus,
+    WorkerState,
+    WorkerStatus,
+)
+from launcher.process import reaper
+from launcher.process.readiness import ReadySpec, probe_until_ready
+from launcher.process.worker import Worker, WorkerFactory
+from launcher.supervision import planner
+from launcher.supervision.planner import Phase, SlotFate, Verdict
+
+Log = Callable[..., None]
+Clock = Callable[[], float]
+
+_VERDICT_STATE = {
+    Verdict.IDLE: RolloutState.IDLE,
+    Verdict.RUNNING: RolloutState.RUNNING,
+    Verdict.SUCCEEDED: RolloutState.SUCCEEDED,
+    Verdict.ABORTED: RolloutState.ABORTED,
+}
+
+
+def settings_from(config: RunConfig, spec: ReadySpec) -> planner.Settings:
+    return planner.Settings(
+        size=config.workers,
+        surge=config.max_surge,
+        restart=config.restart,
+        max_restarts=config.max_restarts,
+        restart_window=config.restart_window,
+        ready_timeout=config.ready_timeout,
+        drain_timeout=config.drain_timeout,
+        failed_grace=min(config.drain_timeout, 10.0),
+        watchdog=config.watchdog if spec.kind == "notify" else None,
+        exec_like=config.workers == 1 and config.restart is RestartPolicy.NEVER,
+    )
+
+
+class Engine:
+    """One pool of worker processes, driven by the planner."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        layers: EnvironmentLayers,
+        spec: ReadySpec,
+        factory: WorkerFactory,
+        log: Log,
+        *,
+        clock: Clock = time.monotonic,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.config = config
+        self.spec = spec
+        self.factory = factory
+        self.log = log
+        self.clock = clock
+        self.rng = rng
+        self.state = planner.initial(settings_from(config, spec), 1)
+        self.generations: dict[int, EnvironmentLayers] = {1: layers}
+        self.workers: dict[int, Worker] = {}  # pid -> live worker of this pool
+        self.on_change: Callable[[], None] = lambda: None
+        self.exit_code: int | None = None
+        self._wake = anyio.Event()
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._loop: Any = None
+        self._waiters: list[tuple[int, anyio.Event, list[dict[str, object]]]] = []
+        self._reload_reasons: list[str] = []
+        self._reload_wake = anyio.Event()
+        self._rollout_started_at: float | None = None
+
+    # --- events in ---------------------------------------------------------------------
+
+    def post(self, event: planner.Event) -> None:
+        """Record a fact and wake the owner task (event-loop thread only)."""
+        before = self.state.proc(event.pid) if isinstance(event, planner.Ready) else None
+        self.state, notes = planner.observe(self.state, event)
+        self._report(notes)
+        if before is not None and before.phase is Phase.STARTING:
+            worker = self.workers.get(before.pid)
+            self.log(
+                "worker_ready",
+                slot=before.slot,
+                pid=before.pid,
+                version=self._version(before.generation),
+                seconds=round(worker.uptime(), 3) if worker is not None else None,
+            )
+        self._wake.set()
+
+    def adopt(self, worker: Worker, slot: int) -> None:
+        """A worker spawned before the event loop existed (the launch critical path)."""
+        self._track(worker, slot, 0, 1)
+
+    def reap(self) -> None:
+        """Collect every exited child (orphans too); our workers' exits come to `_reaped`."""
+        reaper.reap()
+
+    def _reaped(self, worker: Worker, status: int) -> None:
+        pid = worker.pid
+        self.workers.pop(pid, None)
+        worker.reaped(status)
+        worker.kill_group()  # the main process is gone: its group goes with it
+        if worker.exited is not None:
+            worker.exited.set()
+        code = worker.exit_code if worker.exit_code is not None else 1
+        proc = self.state.proc(pid)
+        if proc is not None and proc.phase is Phase.STOPPING and worker.stopped_at:
+            self.log(
+                "worker_drained",
+                slot=worker.slot,
+                pid=pid,
+                code=code,
+                version=worker.version,
+                seconds=round(time.monotonic() - worker.stopped_at, 3),
+            )
+        else:
+            self.log(
+                "worker_exited",
+                slot=worker.slot,
+                pid=pid,
+                code=code,
+                version=worker.version,
+                uptime=round(worker.uptime(), 3),
+            )
+        self.post(planner.Exited(pid, code, self.clock(), self.rng()))
+
+    def notified(self, pid: int, fields: dict[str, str]) -> None:
+        """A datagram on the notify socket, from a worker or one of its processes."""
+        worker = self.workers.get(pid)
+        if worker is None:
+            from launcher.process.notify_socket import process_group
+
+            group = process_group(pid)
+            worker = self.workers.get(group) if group is not None else None
+        if worker is None:
+            return
+        now = self.clock()
+        if fields.get("READY") == "1" and self.spec.kind == "notify":
+            self.post(planner.Ready(worker.pid, now))
+        if fields.get("WATCHDOG") == "1":
+            self.post(planner.Ping(worker.pid, now))
+        if fields.get("STOPPING") == "1":
+            self.log("worker_stopping_itself", slot=worker.slot, pid=worker.pid)
+            self.post(planner.Stopping(worker.pid, now))
+        if "STATUS" in fields:
+            worker.status_text = fields["STATUS"][:200]
+            self.on_change()
+
+    def shutdown(self) -> None:
+        self.post(planner.Shutdown(self.clock()))
+        self._fail_waiters("the launcher is shutting down")
+
+    def force(self) -> None:
+        self.post(planner.Force(self.clock()))
+
+    def forward(self, signum: int) -> None:
+        for worker in list(self.workers.values()):
+            worker.send(signum)
+
+    # --- reloads -----------------------------------------------------------------------
+
+    def request(self, reason: str) -> None:
+        """Ask for a rollout to the store's current state (collapses with pending requests)."""
+        self.log("rollout_requested", reason=reason)
+        self._reload_reasons.append(reason)
+        self._reload_wake.set()
+
+    async def request_and_wait(self, reason: str) -> dict[str, object]:
+        """Request a rollout and wait for the result of the one that serves it."""
+        if not self.state.accepting:
+            return {"ok": False, "error": "the launcher is shutting down"}
+        done = anyio.Event()
+        result: list[dict[str, object]] = []
+        # Served by the first generation made after this request.
+        self._waiters.append((max(self.generations) + 1, done, result))
+        self.request(reason)
+        await done.wait()
+        return result[0]
+
+    async def _serve_reloads(self, load: Callable[[], EnvironmentLayers]) -> None:
+        while True:
+            await self._reload_wake.wait()
+            self._reload_wake = anyio.Event()
+            if not self._reload_reasons:
+                continue
+            self._reload_reasons.clear()
+            if not self.state.accepting:
+                self._fail_waiters("the launcher is shutting down")
+                continue
+            try:
+                layers = load()
+            except LauncherError as error:
+                self.log("rollout_skipped", reason=error.message, level="error")
+                self._skipped = error.message
+                self._resolve_waiters(
+                    max(self.generations) + 1, {"ok": False, "error": error.message}
+                )
+                self.on_change()
+                continue
+            generation = max(self.generations) + 1
+            self.generations[generation] = layers
+            self.post(planner.NewTarget(generation, self.clock()))
+            if all(s.fate is not SlotFate.ACTIVE for s in self.state.slots):
+                self._resolve_waiters(generation, {"ok": False, "error": "no worker is running"})
+
+    def _resolve_waiters(self, generation: int, result: dict[str, object]) -> None:
+        keep = []
+        for wanted, event, holder in self._waiters:
+            if wanted <= generation:
+                holder.append(result)
+                event.set()
+            else:
+                keep.append((wanted, event, holder))
+        self._waiters = keep
+
+    def _fail_waiters(self, message: str) -> None:
+        self._resolve_waiters(1 << 62, {"ok": False, "error": message})
+
+    # --- the owner task ----------------------------------------------------------------
+
+    async def run(
+        self,
+        load: Callable[[], EnvironmentLayers],
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> int:
+        """Supervise until the pool is finished; returns the launcher's exit code."""
+        import asyncio
+
+        self._loop = asyncio.get_running_loop()
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            for worker in list(self.workers.values()):
+                self._attach(worker)
+            tg.start_soon(self._serve_reloads, load)
+            self.reap()
+            task_status.started()
+            code = await self._drive()
+            tg.cancel_scope.cancel()
+        return code
+
+    async def _drive(self) -> int:
+        while True:
+            self._wake = anyio.Event()
+            now = self.clock()
+            result = planner.plan(self.state, now)
+            self.state = result.state
+            self._report(result.notes)
+            for action in result.actions:
+                if isinstance(action, planner.Finish):
+                    self.exit_code = action.code
+                    self.on_change()
+                    return action.code
+                self._apply(action)
+            self._settle_waiters()
+            self.on_change()
+            if result.actions:
+                continue  # what we did (a start) is already observed: plan again
+            timeout = None if result.wake_at is None else max(0.0, result.wake_at - self.clock())
+            with anyio.move_on_after(timeout):
+                await self._wake.wait()
+
+    def _apply(self, action: planner.Action) -> None:
+        if isinstance(action, planner.Start):
+            self._start(action)
+        elif isinstance(action, planner.Stop):
+            worker = self.workers.get(action.pid)
+            if worker is not None:
+                worker.stop(self.config.stop_signal)
+                worker.stopped_at = time.monotonic()
+                self.log(
+                    "worker_stopping", slot=worker.slot, pid=worker.pid, version=worker.version
+                )
+        elif isinstance(action, planner.Kill):
+            worker = self.workers.get(action.pid)
+            if worker is not None:
+                event = {
+                    "drain deadline": "worker_drain_timeout",
+                    "watchdog": "worker_watchdog_expired",
+                }.get(action.reason, "worker_killed")
+                self.log(
+                    event,
+                    slot=worker.slot,
+                    pid=worker.pid,
+                    reason=action.reason,
+                    level="warning",
+                )
+                worker.stop_sent = True
+                worker.send(signal.SIGKILL)
+                worker.kill_group()
+
+    def _start(self, action: planner.Start) -> None:
+        layers = self.generations[action.generation]
+        port = self.port(action.slot, action.lane)
+        try:
+            worker = self.factory.spawn(action.slot, layers, port=port)
+        except OSError as error:
+            self.log("worker_start_failed", slot=action.slot, error=error.strerror, level="error")
+            self.post(planner.StartFailed(action.slot, action.generation, self.clock(), self.rng()))
+            return
+        slot = self.state.slots[action.slot]
+        event = "replacement_started" if action.generation != slot.generation else "worker_started"
+        if slot.restarts and action.generation == slot.generation:
+            event = "worker_restarted"
+        self.log(
+            event,
+            slot=action.slot,
+            pid=worker.pid,
+            version=worker.version,
+            port=port,
+            restarts=slot.restarts,
+        )
+        self._track(worker, action.slot, action.lane, action.generation)
+        self._attach(worker)
+
+    def port(self, slot: int, lane: int) -> int | None:
+        """Lane 0 at rest, lane 1 for a replacement: never the port of the worker it replaces."""
+        base = self.config.port_base
+        return None if base is None else base + slot + lane * self.config.workers
+
+    def _track(self, worker: Worker, slot: int, lane: int, generation: int) -> None:
+        self.workers[worker.pid] = worker
+        # The process layer registered it at the fork; its exit now comes to the engine.
+        reaper.register(worker.pid, lambda status: self._reaped(worker, status))
+        worker.generation = generation
+        self.state, _ = planner.observe(
+            self.state, planner.Started(worker.pid, slot, lane, generation, self.clock())
+        )
+
+    def _attach(self, worker: Worker) -> None:
+        """Loop-side companions of a worker: its exit event and its readiness check."""
+        worker.exited = anyio.Event()
+        if not worker.alive:
+            worker.exited.set()
+        assert self._tg is not None
+        if self.spec.kind == "log":
+            # The latch was made before the spawn: a match read before now is kept.
+            loop = self._loop
+            pid = worker.pid
+            worker.log_match.subscribe(lambda: loop.call_soon_threadsafe(self._post_ready, pid))
+        elif self.spec.kind != "notify":
+            self._tg.start_soon(self._readiness, worker)
+
+    def _post_ready(self, pid: int) -> None:
+        if pid in self.workers:
+            self.post(planner.Ready(pid, self.clock()))
+
+    async def _readiness(self, worker: Worker) -> None:
+        """`started`, `tcp:` and `http:` checks, each on this worker's own port."""
+        assert worker.exited is not None
+        with anyio.move_on_after(self.config.ready_timeout):
+            async with anyio.create_task_group() as race:
+
+                async def gone() -> None:
+                    await worker.exited.wait()  # type: ignore[union-attr]
+                    race.cancel_scope.cancel()
+
+                async def check() -> None:
+                    if self.spec.kind == "started":
+                        await anyio.sleep(self.config.ready_delay)
+                    else:
+                        await probe_until_ready(self.spec, worker.port)
+                    if worker.alive:
+                        self.post(planner.Ready(worker.pid, self.clock()))
+                    race.cancel_scope.cancel()
+
+                race.start_soon(gone)
+                race.start_soon(check)
+
+    # --- reporting ---------------------------------------------------------------------
+
+    _skipped: str | None = None
+
+    def _report(self, notes: planner.Notes) -> None:
+        for pid in notes.not_ready:
+            worker = self.workers.get(pid)
+            self.log(
+                "worker_not_ready",
+                slot=worker.slot if worker else None,
+                pid=pid,
+                timeout=self.config.ready_timeout,
+                level="warning",
+            )
+        for slot in notes.gave_up:
+            self.log(
+                "slot_gave_up",
+                slot=slot,
+                restarts=self.state.slots[slot].restarts,
+                window=self.config.restart_window,
+                level="error",
+            )
+        for slot, failures, delay in notes.crash_loop:
+            self.log(
+                "worker_crash_loop",
+                slot=slot,
+                failures=failures,
+                delay=round(delay, 3),
+                level="warning",
+            )
+        rollout = self.state.rollout
+        if notes.rollout_started:
+            self._rollout_started_at = time.time()
+            self._skipped = None
+            self.log(
+                "rollout_started",
+                from_version=self._version(rollout.from_generation),
+                to_version=self._version(rollout.to_generation),
+                workers=self.config.workers,
+            )
+        for slot in notes.committed:
+            self.log("worker_replaced", slot=slot, version=self._version(self.state.target))
+        if notes.rollout_finished or (
+            rollout.verdict is Verdict.SUCCEEDED
+            and rollout.finished is not None
+            and self._rollout_started_at is not None
+        ):
+            self._rollout_finished()
+
+    def _rollout_finished(self) -> None:
+        rollout = self.state.rollout
+        if self._rollout_started_at is None or rollout.verdict is Verdict.RUNNING:
+            return
+        seconds = round(time.time() - self._rollout_started_at, 3)
+        self._rollout_started_at = None
+        version = self._version(rollout.to_generation)
+        if rollout.verdict is Verdict.SUCCEEDED:
+            self.log("rollout_succeeded", to_version=version, seconds=seconds)
+        else:
+            self.log(
+                "rollout_aborted",
+                to_version=version,
+                serving_version=self.serving_version(),
+                reason=rollout.reason,
+                seconds=seconds,
+                level="error",
+            )
+
+    def _settle_waiters(self) -> None:
+        rollout = self.state.rollout
+        if rollout.verdict is Verdict.RUNNING or rollout.to_generation is None:
+            return
+        version = self._version(rollout.to_generation)
+        if rollout.verdict is Verdict.SUCCEEDED:
+            message = f"rolled {self.config.workers} worker(s) to v{version}"
+            result: dict[str, object] = {"ok": True, "message": message, "version": version}
+        else:
+            reason = rollout.reason or "aborted"
+            result = {
+                "ok": False,
+                "error": f"{reason}; old workers kept serving",
+                "version": version,
+            }
+        self._resolve_waiters(rollout.to_generation, result)
+
+    def _wall(self, moment: float | None) -> float | None:
+        """A planner time (our clock) as wall-clock seconds, for status."""
+        return None if moment is None else time.time() - (self.clock() - moment)
+
+    def _version(self, generation: int | None) -> int | None:
+        layers = self.generations.get(generation) if generation is not None else None
+        return layers.secrets_version if layers is not None else None
+
+    def serving_version(self) -> int | None:
+        """The version the pool serves: the newest committed one (never a refused target)."""
+        generations = [s.generation for s in self.state.slots if s.fate is SlotFate.ACTIVE]
+        return self._version(max(generations)) if generations else self._version(self.state.target)
+
+    def status(self, name: str, secret_set: str | None) -> PoolStatus:
+        state = self.state
+        workers = []
+        draining = []
+        for proc in state.procs:
+            worker = self.workers.get(proc.pid)
+            if proc.phase is Phase.STOPPING:
+                draining.append(self._worker_status(proc, worker, WorkerState.DRAINING))
+        for slot in state.slots:
+            procs = [
+                p for p in state.procs if p.slot == slot.index and p.phase is not Phase.STOPPING
+            ]
+            # The slot's own worker first; a candidate only when the slot has nothing else.
+            procs.sort(key=lambda p: p.generation != slot.generation)
+            if procs:
+                proc = procs[0]
+                phase_state = (
+                    WorkerState.READY if proc.phase is Phase.READY else WorkerState.STARTING
+                )
+                status = self._worker_status(proc, self.workers.get(proc.pid), phase_state)
+                workers.append(status._replace(restarts=slot.restarts, last_exit=slot.last_exit))
+                continue
+            if slot.fate is SlotFate.GAVE_UP:
+                shown = WorkerState.GAVE_UP
+            elif slot.fate is SlotFate.EXITED or not state.accepting:
+                shown = WorkerState.EXITED
+            else:
+                shown = WorkerState.BACKOFF
+            workers.append(
+                WorkerStatus(
+                    slot=slot.index,
+                    pid=None,
+                    state=shown,
+                    version=self._version(slot.generation),
+                    restarts=slot.restarts,
+                    last_exit=slot.last_exit,
+                )
+            )
+        rollout = state.rollout
+        total = len(state.slots)
+        done = sum(1 for s in state.slots if s.generation == rollout.to_generation)
+        rollout_status = RolloutStatus(
+            state=_VERDICT_STATE[rollout.verdict],
+            from_version=self._version(rollout.from_generation),
+            to_version=self._version(rollout.to_generation),
+            done=done if rollout.verdict is not Verdict.IDLE else 0,
+            total=total if rollout.verdict is not Verdict.IDLE else 0,
+            started_at=self._wall(rollout.started),
+            finished_at=self._wall(rollout.finished),
+            reason=rollout.reason if rollout.verdict is Verdict.ABORTED else self._skipped,
+        )
+        return PoolStatus(
+            name=name,
+            pid=os.getpid(),
+            secret_set=secret_set,
+            version=self.serving_version(),
+            workers=tuple(workers),
+            rollout=rollout_status,
+            draining=tuple(draining),
+        )
+
+    def _worker_status(
+        self, proc: planner.Proc, worker: Worker | None, state: WorkerState
+    ) -> WorkerStatus:
+        return WorkerStatus(
+            slot=proc.slot,
+            pid=proc.pid,
+            state=state,
+            version=self._version(proc.generation),
+            started_at=worker.started_at if worker is not None else None,
+            port=worker.port if worker is not None else None,
+            status_text=worker.status_text if worker is not None else None,
+        )
