@@ -182,7 +182,9 @@ def format_status(status: dict[str, Any]) -> str:
         f"set {status.get('secret_set') or '-'} v{version if version is not None else '-'}, "
         f"{status['ready_on_current']}/{len(status['workers'])} ready on current version"
     ]
-    rows = [("SLOT", "PID", "STATE", "VERSION", "UPTIME", "RESTARTS", "LAST EXIT")]
+    rows = [
+        ("SLOT", "PID", "STATE", "VERSION", "UPTIME", "RESTARTS", "LAST EXIT", "PORT", "STATUS")
+    ]
     for w in status["workers"]:
         rows.append(
             (
@@ -193,11 +195,23 @@ def format_status(status: dict[str, Any]) -> str:
                 _uptime(w["started_at"]),
                 str(w["restarts"]),
                 str(w["last_exit"] if w["last_exit"] is not None else "-"),
+                str(w.get("port") or "-"),
+                w.get("status_text") or "",
             )
         )
     for w in status.get("draining", []):
         rows.append(
-            ("-", str(w["pid"]), "draining", str(w["version"]), _uptime(w["started_at"]), "", "")
+            (
+                str(w["slot"]),
+                str(w["pid"]),
+                "draining",
+                str(w["version"]),
+                _uptime(w["started_at"]),
+                "",
+                "",
+                str(w.get("port") or "-"),
+                w.get("status_text") or "",
+            )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines += [

@@ -48,17 +48,21 @@ class Metrics:
             buckets=ROLLOUT_BUCKETS,
             registry=self.registry,
         )
-        self.session_start = Histogram(
-            "agent_run_session_start_seconds",
-            "Time from a session request to its entrypoint running.",
-            buckets=SESSION_BUCKETS,
-            registry=self.registry,
-        )
-        self.sessions = Counter(
-            "agent_run_sessions",
-            "Sessions started.",
-            registry=self.registry,
-        )
+        # Session metrics exist only in session mode: a worker pool has no sessions.
+        self.session_start: Histogram | None = None
+        self.sessions: Counter | None = None
+        if sessions_active is not None:
+            self.session_start = Histogram(
+                "agent_run_session_start_seconds",
+                "Time from a session request to its entrypoint running.",
+                buckets=SESSION_BUCKETS,
+                registry=self.registry,
+            )
+            self.sessions = Counter(
+                "agent_run_sessions",
+                "Sessions started.",
+                registry=self.registry,
+            )
         for result in (RolloutState.SUCCEEDED, RolloutState.ABORTED):
             self.rollouts.labels(result.value)  # export zeros, so alerts can use rate()
         self.registry.register(_StatusCollector(current, sessions_active))
@@ -80,8 +84,9 @@ class Metrics:
                 )
 
     def session_started(self, latency_seconds: float) -> None:
-        self.sessions.inc()
-        self.session_start.observe(latency_seconds)
+        if self.sessions is not None and self.session_start is not None:
+            self.sessions.inc()
+            self.session_start.observe(latency_seconds)
 
     def render(self) -> bytes:
         from prometheus_client import generate_latest

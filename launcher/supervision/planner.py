@@ -266,10 +266,24 @@ def observe(state: PoolState, event: Event) -> tuple[PoolState, Notes]:
         found = state.proc(event.pid)
         if found is None or found.phase is Phase.STOPPING:
             return state, notes
-        # No stop signal from us (it is stopping already); its slot is refilled at once.
+        # No stop signal from us (it is stopping already). Its slot is refilled while it
+        # drains, paced like a crash restart: an agent that says STOPPING=1 as soon as it
+        # starts must not multiply processes.
         deadline = event.now + state.settings.drain_timeout
-        stopping = replace(found, phase=Phase.STOPPING, stop_deadline=deadline)
-        return _with_proc(state, stopping), notes
+        state = _with_proc(state, replace(found, phase=Phase.STOPPING, stop_deadline=deadline))
+        slot = state.slots[found.slot]
+        if (
+            found.generation != slot.generation
+            or not state.accepting
+            or slot.fate is not SlotFate.ACTIVE
+            or state.settings.restart is RestartPolicy.NEVER
+        ):
+            return state, notes
+        uptime = event.now - found.started
+        failures = policy.consecutive_after_exit(slot.failures, uptime)
+        delay = policy.restart_delay(failures, _jitter(found.pid))
+        slot = replace(slot, failures=failures, restart_at=event.now + delay)
+        return _with_slot(state, slot), notes
     if isinstance(event, Exited):
         return _exited(state, event)
     if isinstance(event, StartFailed):
@@ -582,8 +596,8 @@ def _advance(state: PoolState, now: float, planned: list[Action]) -> tuple[PoolS
             if not any(p.slot == slot.index for p in state.procs):
                 actions.append(Start(slot.index, _free_lane(state, slot.index), state.target))
         else:
-            if slot.restart_at is not None:
-                continue  # backing off after a crash: its restart uses the committed version
+            # Also for a slot backing off after a crash: the new version may be its fix, and
+            # its backoff restart waits while the candidate lives (step 6).
             actions.append(Start(slot.index, _free_lane(state, slot.index), state.target))
         budget -= 1
     return state, actions

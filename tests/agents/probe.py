@@ -7,6 +7,9 @@ from the environment, so a secret set can change it for the next rollout:
   PROBE_CHILD=1       start a sleeping sub-process in the same process group
   PROBE_ORPHAN=1      leave an orphan behind (double fork) that exits at once
   PROBE_PRINT=1       print every secret-looking value (PROBE_SECRET_*) on stdout and stderr
+  PROBE_READY_AFTER=S wait S seconds before READY=1 (and before listening)
+  PROBE_LISTEN=1      accept TCP connections on 127.0.0.1:$AGENT_RUN_PORT (then report it)
+  PROBE_STOPPING=1    send STOPPING=1 after READY=1, then keep serving until the stop signal
 """
 
 import base64
@@ -67,11 +70,28 @@ if os.environ.get("PROBE_PRINT"):
 write({"started": time.time()})
 if mode.startswith("exit:"):
     sys.exit(int(mode.split(":")[1]))
+time.sleep(float(os.environ.get("PROBE_READY_AFTER", "0")))
+if os.environ.get("PROBE_LISTEN"):
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", int(os.environ["AGENT_RUN_PORT"])))
+
+    def accept() -> None:
+        while True:
+            server.accept()[0].close()
+
+    threading.Thread(target=accept, daemon=True).start()
+    write({"listening": time.time()})
 if os.environ.get("PROBE_NOTIFY") == "1":
     from launcher import notify_ready
 
     write({"ready_sent": time.time()})  # before sending: the launcher may act at once
     notify_ready("probe up")
+    if os.environ.get("PROBE_STOPPING"):
+        from launcher.sd_notify import notify_stopping
+
+        notify_stopping()
 print(f"probe {pid} up", flush=True)
 if mode == "hang":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

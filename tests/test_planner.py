@@ -1,0 +1,334 @@
+"""The planner, as a model: random interleavings of every pool event, invariants after each.
+
+No processes here: the planner is a pure function, so hypothesis drives it through worker
+ready, readiness failure, crash, exit during drain, new version, SIGHUP, TERM, second TERM
+and drain deadlines in any order, and checks the promises of SPEC §3-§4 at every step.
+The real-process tests of the same promises are in test_engine.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from launcher.config import RestartPolicy
+from launcher.supervision import planner
+from launcher.supervision.planner import Phase, SlotFate, Verdict
+
+READY_TIMEOUT = 5.0
+DRAIN = 20.0
+
+
+class PoolModel(RuleBasedStateMachine):
+    """A pool whose processes do whatever hypothesis says; the planner must keep its promises."""
+
+    @initialize(
+        size=st.integers(1, 3),
+        surge=st.integers(0, 2),
+        restart=st.sampled_from(list(RestartPolicy)),
+        max_restarts=st.sampled_from([None, 2]),
+    )
+    def start(
+        self, size: int, surge: int, restart: RestartPolicy, max_restarts: int | None
+    ) -> None:
+        self.settings = planner.Settings(
+            size=size,
+            surge=surge,
+            restart=restart,
+            max_restarts=max_restarts,
+            restart_window=60.0,
+            ready_timeout=READY_TIMEOUT,
+            drain_timeout=DRAIN,
+            failed_grace=2.0,
+        )
+        self.now = 0.0
+        self.state = planner.initial(self.settings, 1)
+        self.generation = 1
+        self.next_pid = 100
+        self.stops: dict[int, int] = {}
+        self.started_after_shutdown = False
+        self.finished: list[int] = []
+        self.shutdown_began = False
+        self.reconcile()
+
+    # --- the world: apply the planner's actions as real processes would ---------------
+
+    def reconcile(self) -> None:
+        """Plan until nothing is left to do, as the engine does after every event."""
+        for _ in range(50):
+            result = planner.plan(self.state, self.now)
+            self.state = result.state
+            if not result.actions:
+                return
+            for action in result.actions:
+                self.apply(action)
+        raise AssertionError("the planner never settles")
+
+    def apply(self, action: planner.Action) -> None:
+        if isinstance(action, planner.Start):
+            if self.shutdown_began:
+                self.started_after_shutdown = True
+            pid = self.next_pid
+            self.next_pid += 1
+            event = planner.Started(pid, action.slot, action.lane, action.generation, self.now)
+            self.state, _ = planner.observe(self.state, event)
+        elif isinstance(action, planner.Stop):
+            self.stops[action.pid] = self.stops.get(action.pid, 0) + 1
+        elif isinstance(action, planner.Kill):
+            # SIGKILL is not negotiable: the process is gone at once.
+            self.observe(planner.Exited(action.pid, 137, self.now, 0.5))
+        elif isinstance(action, planner.Finish):
+            self.finished.append(action.code)
+
+    def observe(self, event: planner.Event) -> None:
+        self.state, _ = planner.observe(self.state, event)
+
+    def ready_capacity(self) -> int:
+        return sum(1 for p in self.state.procs if p.phase is Phase.READY)
+
+    def step(self, event: planner.Event, *, may_lose_capacity: bool) -> None:
+        before = self.ready_capacity()
+        self.observe(event)
+        self.reconcile()
+        if (
+            not may_lose_capacity
+            and self.state.accepting
+            and self.settings.surge > 0
+            and all(s.fate is SlotFate.ACTIVE for s in self.state.slots)
+        ):
+            # Ready-first: capacity never drops below the pool size because of a rollout.
+            assert self.ready_capacity() >= min(before, self.settings.size)
+
+    # --- events ------------------------------------------------------------------------
+
+    def procs(self, phase: Phase | None = None) -> list[planner.Proc]:
+        return [p for p in self.state.procs if phase is None or p.phase is phase]
+
+    @precondition(lambda self: any(p.phase is Phase.STARTING for p in self.state.procs))
+    @rule(data=st.data())
+    def becomes_ready(self, data: st.DataObject) -> None:
+        proc = data.draw(st.sampled_from(self.procs(Phase.STARTING)))
+        self.step(planner.Ready(proc.pid, self.now), may_lose_capacity=False)
+
+    @rule(pid=st.integers(0, 99))
+    def ready_from_a_stranger(self, pid: int) -> None:
+        """A readiness result for a process that is not (or no longer) ours changes nothing."""
+        before = self.state
+        self.observe(planner.Ready(pid, self.now))
+        assert self.state == before
+
+    @precondition(lambda self: any(p.phase is Phase.STOPPING for p in self.state.procs))
+    @rule(data=st.data())
+    def ready_while_draining(self, data: st.DataObject) -> None:
+        """A stopping process that answers a probe late is not counted as ready."""
+        proc = data.draw(st.sampled_from(self.procs(Phase.STOPPING)))
+        self.observe(planner.Ready(proc.pid, self.now))
+        assert self.state.proc(proc.pid).phase is Phase.STOPPING  # type: ignore[union-attr]
+
+    @precondition(lambda self: any(p.phase is not Phase.STOPPING for p in self.state.procs))
+    @rule(data=st.data(), code=st.sampled_from([0, 1, 139]))
+    def crashes(self, data: st.DataObject, code: int) -> None:
+        proc = data.draw(
+            st.sampled_from([p for p in self.state.procs if p.phase is not Phase.STOPPING])
+        )
+        lost = proc.phase is Phase.READY
+        self.step(
+            planner.Exited(proc.pid, code, self.now, data.draw(st.floats(0, 0.999))),
+            may_lose_capacity=lost,
+        )
+
+    @precondition(lambda self: any(p.phase is Phase.STOPPING for p in self.state.procs))
+    @rule(data=st.data())
+    def exits_during_drain(self, data: st.DataObject) -> None:
+        proc = data.draw(st.sampled_from(self.procs(Phase.STOPPING)))
+        self.step(planner.Exited(proc.pid, 0, self.now, 0.5), may_lose_capacity=False)
+
+    @precondition(lambda self: any(p.phase is Phase.READY for p in self.state.procs))
+    @rule(data=st.data())
+    def stops_on_its_own(self, data: st.DataObject) -> None:
+        """STOPPING=1 from a worker: it drains; its slot is refilled."""
+        proc = data.draw(st.sampled_from(self.procs(Phase.READY)))
+        self.step(planner.Stopping(proc.pid, self.now), may_lose_capacity=True)
+
+    @rule()
+    def new_version(self) -> None:
+        """A new secrets version, a SIGHUP or a reload: one more generation to roll out."""
+        self.generation += 1
+        self.step(planner.NewTarget(self.generation, self.now), may_lose_capacity=False)
+
+    @rule(seconds=st.sampled_from([0.05, 1.0, READY_TIMEOUT, DRAIN, 61.0]))
+    def time_passes(self, seconds: float) -> None:
+        """Backoffs end, readiness timeouts and drain deadlines pass."""
+        self.now += seconds
+        self.step(planner.Ready(-1, self.now), may_lose_capacity=False)
+
+    @rule()
+    def term(self) -> None:
+        self.shutdown_began = True
+        self.step(planner.Shutdown(self.now), may_lose_capacity=True)
+
+    @precondition(lambda self: self.shutdown_began)
+    @rule()
+    def second_term(self) -> None:
+        self.step(planner.Force(self.now), may_lose_capacity=True)
+
+    # --- invariants ----------------------------------------------------------------------
+
+    @invariant()
+    def nothing_starts_after_shutdown(self) -> None:
+        assert not self.started_after_shutdown
+
+    @invariant()
+    def one_stop_signal_per_process(self) -> None:
+        assert all(count == 1 for count in self.stops.values()), self.stops
+
+    @invariant()
+    def no_process_outlives_its_drain_deadline(self) -> None:
+        for proc in self.state.procs:
+            if proc.stop_deadline is not None:
+                assert self.now < proc.stop_deadline
+
+    @invariant()
+    def a_replacement_never_shares_a_port_lane(self) -> None:
+        for slot in self.state.slots:
+            lanes = [p.lane for p in self.state.procs if p.slot == slot.index]
+            assert len(lanes) == len(set(lanes))
+
+    @invariant()
+    def one_worker_and_at_most_one_candidate_per_slot(self) -> None:
+        for slot in self.state.slots:
+            live = [
+                p
+                for p in self.state.procs
+                if p.slot == slot.index and p.phase is not Phase.STOPPING
+            ]
+            committed = [p for p in live if p.generation == slot.generation]
+            assert len(committed) <= 1
+            assert len(live) - len(committed) <= 1
+
+    @invariant()
+    def the_newest_target_wins(self) -> None:
+        for proc in self.state.procs:
+            if proc.phase is not Phase.STOPPING:
+                slot = self.state.slots[proc.slot]
+                assert proc.generation in (slot.generation, self.state.target)
+
+    @invariant()
+    def a_rollout_is_done_only_when_every_slot_is_on_the_target(self) -> None:
+        if self.state.rollout.verdict is Verdict.SUCCEEDED and self.state.accepting:
+            active = [s for s in self.state.slots if s.fate is SlotFate.ACTIVE]
+            if self.state.rollout.to_generation == self.state.target:
+                assert all(s.generation == self.state.target for s in active)
+
+    @invariant()
+    def shutdown_ends_once_the_last_process_is_gone(self) -> None:
+        if self.shutdown_began:
+            assert bool(self.finished) == (not self.state.procs)
+        assert len(self.finished) <= 1
+        if self.finished:
+            assert not self.state.procs
+
+    @invariant()
+    def a_plan_is_stable(self) -> None:
+        """Planning twice at the same moment asks for nothing more (no duplicate actions)."""
+        assert planner.plan(self.state, self.now).actions == ()
+
+
+PoolModel.TestCase.settings = settings(
+    max_examples=150,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+test_pool_model = PoolModel.TestCase
+
+
+def _ready_pool(size: int, surge: int = 1) -> tuple[planner.PoolState, list[int]]:
+    state = planner.initial(planner.Settings(size=size, surge=surge), 1)
+    pids = []
+    result = planner.plan(state, 0.0)
+    state = result.state
+    for pid, action in enumerate(result.actions, start=10):
+        assert isinstance(action, planner.Start)
+        state, _ = planner.observe(state, planner.Started(pid, action.slot, action.lane, 1, 0.0))
+        state, _ = planner.observe(state, planner.Ready(pid, 0.0))
+        pids.append(pid)
+    return planner.plan(state, 0.0).state, pids
+
+
+def test_a_crash_during_a_rollout_waits_for_the_candidate() -> None:
+    """The old worker crashing while its replacement starts: no second start; the candidate takes over."""
+    state, (old,) = _ready_pool(1)
+    state, _ = planner.observe(state, planner.NewTarget(2, 1.0))
+    result = planner.plan(state, 1.0)
+    (start,) = result.actions
+    assert start == planner.Start(0, 1, 2)  # another lane: another port
+    state, _ = planner.observe(result.state, planner.Started(20, 0, 1, 2, 1.0))
+    state, _ = planner.observe(state, planner.Exited(old, 1, 1.1, 0.5))
+    assert (
+        planner.plan(state, 5.0).actions == ()
+    )  # backoff would restart v1: the candidate is there
+    state, _ = planner.observe(state, planner.Ready(20, 5.0))
+    result = planner.plan(state, 5.0)
+    assert result.state.slots[0].generation == 2
+    assert result.state.slots[0].restart_at is None
+    assert result.actions == ()
+
+
+def test_a_failed_candidate_aborts_and_keeps_the_old_worker() -> None:
+    """A replacement that exits before it is ready aborts the rollout; the old worker is untouched."""
+    state, (old,) = _ready_pool(1)
+    state, _ = planner.observe(state, planner.NewTarget(2, 1.0))
+    state = planner.plan(state, 1.0).state
+    state, _ = planner.observe(state, planner.Started(20, 0, 1, 2, 1.0))
+    state, _ = planner.observe(state, planner.Exited(20, 1, 1.2, 0.5))
+    result = planner.plan(state, 1.2)
+    assert result.actions == ()
+    assert result.state.rollout.verdict is Verdict.ABORTED
+    assert "exited with code 1" in (result.state.rollout.reason or "")
+    assert result.state.proc(old).phase is Phase.READY  # type: ignore[union-attr]
+    # The next version is tried again.
+    state, _ = planner.observe(result.state, planner.NewTarget(3, 2.0))
+    assert planner.plan(state, 2.0).actions == (planner.Start(0, 1, 3),)
+
+
+def test_term_during_a_rollout_stops_the_candidate_and_starts_nothing() -> None:
+    """TERM mid-rollout: every process gets one stop signal, no replacement starts afterwards."""
+    state, pids = _ready_pool(3)
+    state, _ = planner.observe(state, planner.NewTarget(2, 1.0))
+    result = planner.plan(state, 1.0)
+    assert result.actions == (planner.Start(0, 1, 2),)
+    state, _ = planner.observe(result.state, planner.Started(20, 0, 1, 2, 1.0))
+    state, _ = planner.observe(state, planner.Shutdown(1.5))
+    result = planner.plan(state, 1.5)
+    assert sorted(a.pid for a in result.actions if isinstance(a, planner.Stop)) == [*pids, 20]
+    assert not any(isinstance(a, planner.Start) for a in result.actions)
+    state, _ = planner.observe(result.state, planner.Ready(20, 1.6))  # too late: not counted
+    for pid in [*pids, 20]:
+        state, _ = planner.observe(state, planner.Exited(pid, 0, 2.0, 0.5))
+    assert planner.plan(state, 2.0).actions == (planner.Finish(0),)
+
+
+@pytest.mark.parametrize("ready", [True, False])
+def test_drain_deadline_kills_once_and_shutdown_ends(ready: bool) -> None:
+    """A worker still draining at its deadline is killed once; the pool then finishes."""
+    state, (pid,) = _ready_pool(1)
+    state, _ = planner.observe(state, planner.Shutdown(1.0))
+    result = planner.plan(state, 1.0)
+    assert result.actions == (planner.Stop(pid),)
+    assert result.wake_at == 1.0 + planner.Settings(size=1).drain_timeout
+    result = planner.plan(result.state, result.wake_at)
+    assert result.actions == (planner.Kill(pid, "drain deadline"),)
+    state = replace(result.state)
+    state, _ = planner.observe(state, planner.Exited(pid, 137, 4000.0, 0.5))
+    assert planner.plan(state, 4000.0).actions == (planner.Finish(0),)
