@@ -62,7 +62,7 @@ class RunConfig(NamedTuple):
     # The pool.
     workers: int = 1
     restart: RestartPolicy = RestartPolicy.ALWAYS
-    max_restarts: int | None = None  # None: never give up
+    max_restarts: int | None = None  # None: never give up (the CLI's default is finite)
     restart_window: float = 60.0
     ready: str = "started"  # started | notify | tcp:PORT | http:URL | log:REGEX
     ready_delay: float = 1.0
@@ -84,3 +84,4 @@ class RunConfig(NamedTuple):
     idle: int = 1
     max_sessions: int | None = None
     entrypoint: str | None = None  # module:function
+    mode: str = "auto"  # auto | worker | session (--mode)

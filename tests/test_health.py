@@ -10,7 +10,7 @@ import anyio
 import pytest
 
 from launcher.errors import OperationFailed, UsageError
-from launcher.ops.health import create_app
+from launcher.ops.health import Health, create_app, pool_health
 from launcher.ops.http_server import bind, parse_host_port, serve_asgi
 from launcher.ops.metrics import Metrics
 from launcher.ops.status import (
@@ -132,3 +132,35 @@ def test_bad_host_port_is_a_usage_error(text: str) -> None:
     """--health takes HOST:PORT; anything else exits 2 with an example."""
     with pytest.raises(UsageError, match="HOST:PORT"):
         parse_host_port(text, "--health")
+
+
+def _slot(state: WorkerState, restarts: int = 0) -> WorkerStatus:
+    return WorkerStatus(slot=0, pid=100, state=state, version=1, restarts=restarts)
+
+
+@pytest.mark.parametrize(
+    ("workers", "expected"),
+    [
+        ((), Health(True, "starting")),
+        ((_slot(WorkerState.STARTING),), Health(True, "starting")),
+        ((_slot(WorkerState.READY, restarts=4),), Health(True, "serving")),
+        ((_slot(WorkerState.READY), _slot(WorkerState.BACKOFF, 3)), Health(True, "serving")),
+        ((_slot(WorkerState.BACKOFF, 1),), Health(False, "crash-looping")),
+        ((_slot(WorkerState.STARTING, 2),), Health(False, "crash-looping")),
+        (
+            (_slot(WorkerState.STARTING), _slot(WorkerState.GAVE_UP, 5)),
+            Health(False, "crash-looping"),
+        ),
+        ((_slot(WorkerState.GAVE_UP, 5), _slot(WorkerState.GAVE_UP, 5)), Health(False, "gave-up")),
+        ((_slot(WorkerState.DRAINING),), Health(True, "starting")),
+    ],
+)
+def test_liveness_rule(workers: tuple[WorkerStatus, ...], expected: Health) -> None:
+    """Serving or booting is healthy; nothing ready and a slot that failed is a crash loop."""
+    status = PoolStatus(name="t", pid=1, secret_set=None, version=1, workers=workers)
+    assert pool_health(status) == expected
+
+
+def test_liveness_while_the_launcher_starts() -> None:
+    """Before the first status is published the launcher is starting: healthy."""
+    assert pool_health(None) == Health(True, "starting")

@@ -50,8 +50,24 @@ def fail(message: str, exit_code: int) -> int:
     return exit_code
 
 
+def version() -> str:
+    """The installed distribution's version (what pip installed), else the package's own."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("agent-run")
+    except PackageNotFoundError:
+        from launcher import __version__
+
+        return __version__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] in (["--version"], ["-V"]):
+        print(f"agent-run {version()}")
+        return 0
     try:
         return _family(args)(args)
     except KeyboardInterrupt:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 
 from launcher.config import LogFormat, RestartPolicy, RunConfig, Target, TargetKind
 from launcher.errors import InvalidInput, UsageError
@@ -23,6 +23,33 @@ if TYPE_CHECKING:
     from typing import Any
 
 CONFIG_FILE = "agent-run.toml"
+MODES = ("auto", "worker", "session")
+# A crash-looping slot is given up after this many restarts within --restart-window, and the
+# launcher exits 1 once every slot has given up, so Docker, systemd and Kubernetes see the
+# failure instead of a process that looks alive forever. Five in 60 s is systemd's own
+# StartLimitBurst idea; with the 0.1 s doubling backoff a slot that fails at once gives up
+# within seconds. `agent-run dev` keeps retrying: there a code change restarts the workers.
+DEFAULT_MAX_RESTARTS = 5
+# Variables that are not options but that agent-run reads or sets (runtime variables of a
+# worker appear when an agent itself runs agent-run). Add new AGENT_RUN_* variables here, or
+# `agent-run` warns that they are unknown.
+OTHER_VARIABLES = frozenset(
+    {
+        "AGENT_RUN_HOME",
+        "AGENT_RUN_MASTER_KEY",
+        "AGENT_RUN_KEY_FILE",
+        "AGENT_RUN_RUNTIME_DIR",
+        "AGENT_RUN_WORKER",
+        "AGENT_RUN_SECRETS_VERSION",
+        "AGENT_RUN_PORT",
+        "AGENT_RUN_SESSION_ID",
+        "AGENT_RUN_SESSION_FD",
+    }
+)
+KEY_SEARCH_ORDER = (
+    "AGENT_RUN_MASTER_KEY, then --key-file / AGENT_RUN_KEY_FILE, "
+    "$CREDENTIALS_DIRECTORY/agent-run.key, /run/secrets/agent-run.key, <store>/master.key"
+)
 
 
 def _positive_int(text: str) -> int:
@@ -37,6 +64,20 @@ def _non_negative_int(text: str) -> int:
     if value < 0:
         raise ValueError(text)
     return value
+
+
+def _max_restarts(text: str) -> int | None:
+    """A positive count, or `never` (also `none`, `unlimited`): keep restarting forever."""
+    if text.strip().lower() in ("never", "none", "unlimited"):
+        return None
+    return _positive_int(text)
+
+
+def _mode(text: str) -> str:
+    mode = text.strip().lower()
+    if mode not in MODES:
+        raise ValueError(text)
+    return mode
 
 
 def _seconds(text: str) -> float:
@@ -98,7 +139,7 @@ OPTIONS: tuple[Option, ...] = (
         "key_file",
         str,
         None,
-        "master key file (see `agent-run secrets --help` for the search order)",
+        "master key file; without it the key is searched: " + KEY_SEARCH_ORDER,
         "FILE",
     ),
     Option(
@@ -121,10 +162,11 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "--max-restarts",
         "max_restarts",
-        _positive_int,
-        None,
-        "give up on a slot after N restarts within --restart-window (default: never give up)",
-        "N",
+        _max_restarts,
+        DEFAULT_MAX_RESTARTS,
+        "give up on a slot after N restarts within --restart-window; all slots given up: "
+        "exit 1; `never` keeps restarting (the default under `agent-run dev`)",
+        "N|never",
     ),
     Option(
         "--restart-window",
@@ -247,6 +289,15 @@ OPTIONS: tuple[Option, ...] = (
         "N",
     ),
     Option(
+        "--mode",
+        "mode",
+        _mode,
+        "auto",
+        "worker: a pool of workers; session: serve sessions (POST /sessions) from bot() or "
+        "--entrypoint; auto: session mode when the target defines async def bot(runner_args)",
+        "MODE",
+    ),
+    Option(
         "--entrypoint",
         "entrypoint",
         str,
@@ -272,10 +323,33 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 VALUE_FLAGS = {o.flag for o in OPTIONS if o.convert is not None} | {"--config"}
+SWITCHES = {o.flag for o in OPTIONS if o.convert is None}
 
 
 def _env_name(option: Option) -> str:
     return option.env or "AGENT_RUN_" + option.dest.upper()
+
+
+RUN_DESCRIPTION = (
+    "Run an agent with its secret set and the platform credentials in its environment, "
+    "as a supervised pool of workers that rolls onto new secret versions without "
+    "dropping work. agent-run's options go before the target; what follows the target is "
+    "the agent's own (after `--` when it uses an agent-run option's name). Each option can "
+    "also be set as an AGENT_RUN_* variable or in agent-run.toml; flags win, then "
+    "variables, then the file."
+)
+DEV_DESCRIPTION = (
+    "Run an agent for development: as `agent-run`, with four defaults changed — console "
+    "logs (--log-format console), --drain-timeout 5, --max-restarts never (a crash waits "
+    "for your fix), and a watch of the target's directory: a changed .py file restarts "
+    "the workers (in session mode, replaces the idle processes). Options given explicitly "
+    "still win."
+)
+EPILOG = (
+    "other commands: agent-run dev TARGET (development), agent-run secrets|key|platform ... "
+    "(the store), agent-run status|reload (a running launcher), agent-run sessions ... "
+    "(sessions of a launcher in session mode), agent-run --version. Each has --help."
+)
 
 
 def build_parser(prog: str = "agent-run") -> Any:
@@ -283,20 +357,12 @@ def build_parser(prog: str = "agent-run") -> Any:
     import argparse
     from pathlib import Path
 
+    dev = prog.endswith(" dev")
     parser = argparse.ArgumentParser(
         prog=prog,
         usage=f"{prog} [OPTIONS] bot.py [ARGS...] | -m MODULE [ARGS...] | -- COMMAND [ARGS...]",
-        description=(
-            "Run an agent with its secret set and the platform credentials in its environment, "
-            "as a supervised pool of workers that rolls onto new secret versions without "
-            "dropping work. Each option can also be set as an AGENT_RUN_* variable or in "
-            "agent-run.toml; flags win, then variables, then the file."
-        ),
-        epilog=(
-            "other commands: agent-run dev TARGET (development: console logs, restart on code "
-            "change), agent-run secrets|key|platform ... (the store), agent-run status|reload "
-            "(a running launcher). Each has --help."
-        ),
+        description=DEV_DESCRIPTION if dev else RUN_DESCRIPTION,
+        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         add_help=True,
     )
@@ -347,7 +413,13 @@ def build_parser(prog: str = "agent-run") -> Any:
 
 
 def split_target(argv: Sequence[str]) -> tuple[list[str], Target | None]:
-    """Our options come first; the target starts at the first non-option, `-m` or `--`."""
+    """Our options come first; the target starts at the first non-option, `-m` or `--`.
+
+    What follows a script or module belongs to the agent, but an agent-run option there is
+    almost always a mistake (gunicorn and uvicorn users write `app.py --workers 2`), so it
+    is refused with a hint; the agent's own options of the same name go after a `--`, which
+    is not passed on. After `-- COMMAND` everything is the command's.
+    """
     options: list[str] = []
     index = 0
     while index < len(argv):
@@ -360,7 +432,9 @@ def split_target(argv: Sequence[str]) -> tuple[list[str], Target | None]:
         if token == "-m":
             if index + 1 >= len(argv):
                 raise UsageError("-m needs a module name (agent-run -m package.module)")
-            return options, Target(TargetKind.MODULE, argv[index + 1], tuple(argv[index + 2 :]))
+            module = argv[index + 1]
+            args = _agent_args(argv[index + 2 :], f"-m {module}")
+            return options, Target(TargetKind.MODULE, module, args)
         if token.startswith("-") and token != "-":
             options.append(token)
             if token in VALUE_FLAGS and index + 1 < len(argv):
@@ -369,8 +443,27 @@ def split_target(argv: Sequence[str]) -> tuple[list[str], Target | None]:
             index += 1
             continue
         kind = TargetKind.SCRIPT if token.endswith(".py") else TargetKind.COMMAND
-        return options, Target(kind, token, tuple(argv[index + 1 :]))
+        return options, Target(kind, token, _agent_args(argv[index + 1 :], token))
     return options, None
+
+
+def _agent_args(args: Sequence[str], target: str) -> tuple[str, ...]:
+    """The agent's arguments: refuses agent-run options before a `--` (see split_target)."""
+    for index, token in enumerate(args):
+        if token == "--":
+            return (*args[:index], *args[index + 1 :])
+        flag = token.partition("=")[0]
+        if flag in VALUE_FLAGS or flag in SWITCHES:
+            given = token
+            if flag == token and flag in VALUE_FLAGS and index + 1 < len(args):
+                given = f"{token} {args[index + 1]}"
+            raise UsageError(
+                f"{flag} after {target} would go to the agent, not to agent-run: put "
+                f"agent-run's options before the target (agent-run {given} {target}); if "
+                f"{target} takes {flag} itself, pass it after `--` "
+                f"(agent-run {target} -- {given})"
+            )
+    return tuple(args)
 
 
 def _load_toml(path: str, explicit: bool) -> dict[str, Any]:
@@ -389,8 +482,30 @@ def _load_toml(path: str, explicit: bool) -> dict[str, Any]:
         data["secret_set"] = data.pop("secrets")
     known = {o.dest for o in OPTIONS} | {"mask", "watch"}
     for key in sorted(set(data) - known):
-        sys.stderr.write(f"agent-run: warning: {path}: unknown key {key!r} ignored\n")
+        _warn(f"{path}: unknown key {key!r} ignored", key, known, repr)
     return data
+
+
+def _warn(message: str, word: str, known: Iterable[str], show: Callable[[str], str]) -> None:
+    """One warning line on stderr, with the closest known spelling when there is one."""
+    import difflib
+
+    close = difflib.get_close_matches(word, sorted(known), n=1, cutoff=0.6)
+    hint = f" (did you mean {show(close[0])}?)" if close else ""
+    sys.stderr.write(f"agent-run: warning: {message}{hint}\n")
+
+
+def warn_unknown_variables(environ: Mapping[str, str]) -> None:
+    """An AGENT_RUN_* variable that nothing reads is a typo until proven otherwise."""
+    known = {_env_name(option) for option in OPTIONS} | OTHER_VARIABLES
+    for name in sorted(environ):
+        if name.startswith("AGENT_RUN_") and name not in known:
+            _warn(f"unknown variable {name} ignored", name, known, str)
+
+
+def _chosen(option: Option, given: dict[str, Any], toml: dict[str, Any]) -> bool:
+    """True when the user set this option: flag, variable or agent-run.toml."""
+    return option.dest in given or bool(os.environ.get(_env_name(option))) or option.dest in toml
 
 
 def resolve(
@@ -479,6 +594,7 @@ def build_config(argv: Sequence[str], dev: bool) -> RunConfig:
     config_path = given.pop("config", None)
     path = config_path or os.path.join(os.getcwd(), CONFIG_FILE)
     toml = _load_toml(path, explicit=config_path is not None)
+    warn_unknown_variables(os.environ)
     values = resolve(given, os.environ, toml, path)
     from launcher.process.readiness import parse_ready
 
@@ -488,14 +604,15 @@ def build_config(argv: Sequence[str], dev: bool) -> RunConfig:
     if target.kind is TargetKind.SCRIPT and not os.path.isfile(target.value):
         raise InvalidInput(f"agent script {target.value} does not exist")
     if dev:
-        if "log_format" not in given and not os.environ.get("AGENT_RUN_LOG_FORMAT"):
-            values["log_format"] = LogFormat.CONSOLE
-        if (
-            "drain_timeout" not in given
-            and not os.environ.get("AGENT_RUN_DRAIN_TIMEOUT")
-            and "drain_timeout" not in toml
-        ):
-            values["drain_timeout"] = 5.0  # a code change should not wait an hour
+        unset = [o for o in OPTIONS if not _chosen(o, given, toml)]
+        dev_defaults = {
+            "log_format": LogFormat.CONSOLE,
+            "drain_timeout": 5.0,  # a code change should not wait an hour
+            "max_restarts": None,  # a crash waits for the fix (which restarts the workers)
+        }
+        for option in unset:
+            if option.dest in dev_defaults:
+                values[option.dest] = dev_defaults[option.dest]
     no_mask = values.pop("no_mask")
     no_watch = values.pop("no_watch")
     return RunConfig(target=target, mask=not no_mask, watch=not no_watch, dev=dev, **values)
@@ -593,14 +710,21 @@ def main(argv: list[str]) -> int:
     dev = bool(argv) and argv[0] == "dev"
     config = build_config(argv[1:] if dev else argv, dev)
     entry = None
-    if config.target.is_python or config.entrypoint:
+    if config.target.is_python or config.entrypoint or config.mode == "session":
         from launcher.sessions.entrypoint import find_entrypoint
 
-        entry = find_entrypoint(config.target, config.entrypoint)
+        entry = find_entrypoint(config.target, config.entrypoint, config.mode)
     plan = build_plan(config)
     if entry is not None:
         from launcher.sessions.service import serve
 
+        if config.mode == "auto" and config.entrypoint is None:
+            # The switch changes what the target is, so it is said, with the way out.
+            sys.stderr.write(
+                f"agent-run: session mode: {config.target.value} defines async def "
+                f"bot(runner_args); serving sessions on {config.listen} "
+                "(--mode worker runs it as a plain script)\n"
+            )
         return serve(plan, entry)
     from launcher.supervisor import run
 

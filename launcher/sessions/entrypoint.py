@@ -1,13 +1,17 @@
 """Which targets run in session mode, and which function serves a session (SPEC §5).
 
-A target runs in session mode when it defines `bot` at module level (Pipecat's convention,
-`async def bot(runner_args)`), or when `--entrypoint` names a function. Detection reads the
-source and never imports it: the agent's module-level code (heavy imports, model loading)
-must run once, in the process that serves the session, not also in the launcher.
+A target runs in session mode when it defines Pipecat's entrypoint at module level,
+`async def bot(runner_args)`, when `--entrypoint` names a function, or with `--mode session`;
+`--mode worker` never does. Detection reads the source and never imports it: the agent's
+module-level code (heavy imports, model loading) must run once, in the process that serves
+the session, not also in the launcher.
 
 Decisions:
-- A plain text search for `def bot` comes first, so the worker-mode launch path (where most
-  scripts define no `bot`) pays neither `ast` nor a parse; `ast` then confirms that the
+- Only Pipecat's signature switches modes by itself: an `async def bot` callable with one
+  argument. A plain script with a helper that happens to be called `bot` (`def bot():`, a
+  sync `def bot(x)`) stays a script; `--mode session` or `--entrypoint` asks explicitly.
+- A plain text search for `async def bot` comes first, so the worker-mode launch path (where
+  most scripts define no `bot`) pays neither `ast` nor a parse; `ast` then confirms that the
   definition is at module level and not in a class, a string or a comment.
 - `-m package.module` is located with `PathFinder` one component at a time, which reads
   directories only: `importlib.util.find_spec` would import (run) the parent packages.
@@ -28,6 +32,7 @@ from launcher.record import NamedTuple
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (launch path)
 if TYPE_CHECKING:
     from pathlib import Path
+    from typing import Any
 
 DEFAULT_FUNCTION = "bot"
 
@@ -43,21 +48,42 @@ class Entrypoint(NamedTuple):
         return f"{self.target}:{self.function}"
 
 
-def defines(source: bytes, function: str, filename: str = "<agent>") -> bool:
-    """True when `source` defines `function` (def or async def) at module level."""
-    pattern = rb"^(?:async[ \t]+)?def[ \t]+" + re.escape(function.encode()) + rb"\b"
+def _definition(source: bytes, function: str, filename: str, only_async: bool) -> Any:
+    """The module-level `def`/`async def` of `function` in `source`, or None."""
+    prefix = rb"^async[ \t]+" if only_async else rb"^(?:async[ \t]+)?"
+    pattern = prefix + rb"def[ \t]+" + re.escape(function.encode()) + rb"\b"
     if re.search(pattern, source, re.MULTILINE) is None:
-        return False
+        return None
     import ast
 
     try:
         tree = ast.parse(source, filename=filename)
     except (SyntaxError, ValueError):
-        return False  # the agent's own import reports the syntax error, with a traceback
-    return any(
-        isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == function
-        for node in tree.body
-    )
+        return None  # the agent's own import reports the syntax error, with a traceback
+    kinds = (ast.AsyncFunctionDef,) if only_async else (ast.FunctionDef, ast.AsyncFunctionDef)
+    found = [node for node in tree.body if isinstance(node, kinds) and node.name == function]
+    return found[-1] if found else None  # the last definition is the one a module keeps
+
+
+def defines(source: bytes, function: str, filename: str = "<agent>") -> bool:
+    """True when `source` defines `function` (def or async def) at module level."""
+    return _definition(source, function, filename, only_async=False) is not None
+
+
+def is_session_bot(source: bytes, filename: str = "<agent>") -> bool:
+    """True when `source` defines Pipecat's entrypoint: `async def bot(runner_args)` at
+    module level, callable with one positional argument."""
+    node = _definition(source, DEFAULT_FUNCTION, filename, only_async=True)
+    if node is None:
+        return False
+    args = node.args
+    positional = [*args.posonlyargs, *args.args]
+    required_keywords = [d for d in args.kw_defaults if d is None]
+    if required_keywords:
+        return False
+    if not positional:
+        return args.vararg is not None  # async def bot(*args)
+    return len(positional) - len(args.defaults) <= 1
 
 
 def module_file(name: str, search: list[str] | None = None) -> Path | None:
@@ -113,18 +139,38 @@ def _for_target(target: Target) -> tuple[str, str, str | Path | None]:
     )
 
 
-def find_entrypoint(target: Target, option: str | None) -> Entrypoint | None:
+def find_entrypoint(target: Target, option: str | None, mode: str = "auto") -> Entrypoint | None:
     """The session entrypoint of `target`, or None when it runs as a pool of workers.
 
     `option` is `--entrypoint`: `function` or `:function` (in the target),
-    `module:function` (a module on the path) or `path/to/file.py:function`.
+    `module:function` (a module on the path) or `path/to/file.py:function`. `mode` is
+    `--mode`: `auto` (Pipecat's `async def bot(runner_args)` means sessions), `worker` or
+    `session` (then `bot` may be any module-level function).
     """
+    if mode == "worker":
+        if option is not None:
+            raise UsageError(
+                "--entrypoint serves sessions and --mode worker runs a pool of workers: "
+                "give one of them"
+            )
+        return None
     if option is None:
         if target.kind is TargetKind.COMMAND:
+            if mode == "session":
+                raise UsageError(
+                    "--mode session needs a Python target (bot.py or -m MODULE); "
+                    f"{target.value} is run as a command"
+                )
             return None
         kind, name, path = _for_target(target)
         source = _source(path) if path is not None else None
-        if source is None or not defines(source, DEFAULT_FUNCTION, str(path)):
+        if mode == "session":
+            if source is None or not defines(source, DEFAULT_FUNCTION, str(path)):
+                raise UsageError(
+                    f"--mode session: {path or name} defines no module-level bot() "
+                    "(name the session function with --entrypoint FUNC)"
+                )
+        elif source is None or not is_session_bot(source, str(path)):
             return None
         return Entrypoint(kind, name, DEFAULT_FUNCTION)
     module, _, function = option.rpartition(":")

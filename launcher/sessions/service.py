@@ -390,12 +390,14 @@ class SessionRuntime:
 
         ok = self.pool.ever_ready and self.pool.failures == 0
         state = WorkerState.READY if ok else WorkerState.STARTING
+        # Failed imports count as restarts, so /healthz sees an agent that cannot start.
+        slot = WorkerStatus(0, os.getpid(), state, self.pool.version, restarts=self.pool.failures)
         return PoolStatus(
             name=self.plan.name,
             pid=os.getpid(),
             secret_set=self.plan.secret_set,
             version=self.pool.version,
-            workers=(WorkerStatus(0, os.getpid(), state, self.pool.version),),
+            workers=(slot,),
         )
 
     async def control(self, request: Any) -> dict[str, Any]:
