@@ -15,6 +15,7 @@ ROOT = Path(__file__).parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
 UNIT = ROOT / "deploy" / "agent-run.service"
 MANIFEST = ROOT / "deploy" / "kubernetes.yaml"
+AGENT_DOCKERFILE = ROOT / "deploy" / "Dockerfile.agent"
 
 
 def _tool(name: str) -> str:
@@ -37,12 +38,24 @@ def _instructions() -> dict[str, list[str]]:
     return found
 
 
-def test_dockerfile_passes_hadolint() -> None:
-    """hadolint, the Dockerfile linter, has nothing to say."""
+@pytest.mark.parametrize("dockerfile", [DOCKERFILE, AGENT_DOCKERFILE], ids=lambda p: p.name)
+def test_dockerfile_passes_hadolint(dockerfile: Path) -> None:
+    """hadolint, the Dockerfile linter, has nothing to say (the image and the agent on it)."""
     result = subprocess.run(
-        [_tool("hadolint"), "--no-color", str(DOCKERFILE)], capture_output=True, text=True
+        [_tool("hadolint"), "--no-color", str(dockerfile)], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_agent_dockerfile_builds_on_the_image_readme_builds() -> None:
+    """deploy/Dockerfile.agent starts FROM the tag README's `docker build -t` gives the image,
+    and goes back to the image's non-root user after installing the agent's requirements."""
+    text = AGENT_DOCKERFILE.read_text()
+    base = re.search(r"^ARG AGENT_RUN_IMAGE=(\S+)$", text, re.M).group(1)  # type: ignore[union-attr]
+    readme = (ROOT / "README.md").read_text()
+    assert f"docker build -t {base} ." in readme
+    users = re.findall(r"^USER (\S+)$", text, re.M)
+    assert users[-1] == _instructions()["USER"][-1]
 
 
 def test_dockerfile_promises() -> None:

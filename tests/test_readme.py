@@ -17,6 +17,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -61,12 +62,15 @@ def starts_agent(line: str) -> bool:
     return bool(words) and words[0] == "agent-run" and words[1] not in STORE_COMMANDS
 
 
-def run_line(line: str, env: dict[str, str], cwd: Path) -> dict[str, str]:
-    """Run one shell line; return the environment it leaves behind (for `export`)."""
+def run_line(
+    line: str, env: dict[str, str], cwd: Path, prefix: Sequence[str] = ()
+) -> dict[str, str]:
+    """Run one shell line (after `prefix`, e.g. a change of user); return the environment it
+    leaves behind (for `export`)."""
     read_end, write_end = os.pipe()
     script = f"set -e\n{line}\nenv -0 >&{write_end}\n"
     with subprocess.Popen(
-        ["bash", "-c", script],
+        [*prefix, "bash", "-c", script],
         env=env,
         cwd=cwd,
         pass_fds=(write_end,),

@@ -345,6 +345,14 @@ def _read_stdin_value() -> str:
 def _explicit_values(args: argparse.Namespace, pairs: list[str]) -> dict[str, str]:
     from launcher.store.parse import parse_pairs
 
+    given = [key for key, _ in parse_pairs(pairs) + parse_pairs(getattr(args, "secrets", []))]
+    given += ([args.stdin] if args.stdin else []) + list(args.from_env)
+    twice = sorted({key for key in given if given.count(key) > 1})
+    if twice:
+        # `A=1 A=2` would keep one of them silently: which one did the operator mean?
+        raise InvalidInput(
+            f"{', '.join(twice)} given more than once; give each key once (nothing was stored)"
+        )
     values: dict[str, str] = {}
     for key, value in parse_pairs(pairs) + parse_pairs(getattr(args, "secrets", [])):
         values[key] = value
@@ -658,6 +666,11 @@ def cmd_key_rotate(args: argparse.Namespace) -> int:
     print(
         f"rotated master key {old.id} -> {new.id}: {resealed} set(s) re-sealed; new key in {where}"
     )
+    _say(
+        "the old key no longer opens this store: replace every deployed copy of the key and "
+        "of the set files (servers, Docker and Kubernetes secrets, systemd credentials) and "
+        f"your backups of the key with {where}"
+    )
     return 0
 
 
@@ -689,6 +702,7 @@ def cmd_platform_show(args: argparse.Namespace) -> int:
     from launcher.store.sets import PLATFORM
 
     store = _store(args)
+    store.names()  # a store we cannot read is exit 77, not three `missing` lines and 0
     stored = store.key_times(PLATFORM) if store.has_platform() else {}
     sources = {}
     for name in PLATFORM_CREDENTIALS:

@@ -219,7 +219,7 @@ class Store:
         except FileNotFoundError:
             return None
         except PermissionError:
-            raise PermissionProblem(f"cannot read {self._file(name)}: permission denied") from None
+            raise PermissionProblem(self.denied("read", self._file(name))) from None
         try:
             version = json.loads(first)["version"]
         except (ValueError, KeyError, TypeError):
@@ -227,7 +227,41 @@ class Store:
         return int(version)
 
     def exists(self, name: str) -> bool:
-        return os.path.exists(self._file(name))
+        """True when the set's file is there; a store we may not look into is an error
+        (77), never "no such set" (which would print credentials as missing, exit 0)."""
+        try:
+            os.stat(self._file(name))
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except PermissionError:
+            raise PermissionProblem(self.denied("read")) from None
+        return True
+
+    def denied(self, verb: str, path: str | None = None) -> str:
+        """ "cannot <verb> store DIR (or FILE): permission denied", saying whose it is when
+        the owner is another uid: in a container that is the usual cause, and the fix is
+        the uid, never looser modes."""
+        target = path or self.directory
+        message = (
+            f"cannot {verb} {target}: permission denied"
+            if path
+            else f"cannot {verb} store {target}: permission denied"
+        )
+        existing = target
+        while existing and not os.path.exists(existing):  # the nearest existing ancestor
+            existing = os.path.dirname(existing.rstrip("/"))
+        try:
+            owner = os.stat(existing or "/").st_uid
+        except OSError:
+            return message
+        uid = os.geteuid()
+        if owner == uid:
+            return message
+        return (
+            f"{message} (agent-run runs as uid {uid}, {existing} belongs to uid {owner}: run "
+            f"as that user, e.g. `docker run --user {owner}`, or give the store to uid {uid}; "
+            "keep its modes 0700/0600)"
+        )
 
     def has_platform(self) -> bool:
         return self.exists(PLATFORM)
@@ -238,9 +272,7 @@ class Store:
         try:
             entries = os.listdir(self.directory)
         except PermissionError:
-            raise PermissionProblem(
-                f"cannot read store {self.directory}: permission denied"
-            ) from None
+            raise PermissionProblem(self.denied("read")) from None
         return sorted(e[: -len(SUFFIX)] for e in entries if e.endswith(SUFFIX) and e[0] not in "._")
 
     def list_sets(self) -> list[SetInfo]:
@@ -457,7 +489,7 @@ class Store:
                 raise ConfigError("no platform credentials are stored") from None
             raise self._not_found(name) from None
         except PermissionError:
-            raise PermissionProblem(f"cannot read {self._file(name)}: permission denied") from None
+            raise PermissionProblem(self.denied("read", self._file(name))) from None
 
     def _read_existing(self, name: str) -> bytes:
         raw = self._read_file(name)
