@@ -11,6 +11,12 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# No per-example deadline: on a loaded machine (CI shares the developer's cores) an example
+# that takes 200 ms says nothing about the code, and hypothesis would fail it as "slow".
+settings.register_profile("agent-run", deadline=None)
+settings.load_profile("agent-run")
 
 AGENTS = Path(__file__).parent / "agents"
 SAMPLE_AGENTS = Path(__file__).parent.parent / "sample_agents"
