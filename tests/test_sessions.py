@@ -241,6 +241,8 @@ def test_term_drains_then_exits_without_leftovers(serve: Callable[..., Server]) 
     assert refused.status_code == 503 and "draining" in refused.json()["error"]
     assert server.launcher.wait(timeout=DEADLINE) == 0
     assert server.file(f"{answer['id']}.end") == {"outcome": "returned"}
+    (stopped,) = [e for e in server.launcher.events if e["event"] == "sessions_stopped"]
+    assert (stopped["stopped"], stopped["finished"]) == (0, 1)  # it finished on its own
     # At least the session's process imported the agent; the refill may have been retired
     # before it got that far (TERM came first), so waiting for two imports could never end.
     leftovers = [p for p in server.imported(1) + server.session_pids() if running(p)]
@@ -257,6 +259,8 @@ def test_drain_timeout_stops_sessions(serve: Callable[..., Server]) -> None:
     assert server.launcher.wait(timeout=DEADLINE) == 0
     for answer in answers:
         assert server.file(f"{answer['id']}.end") == {"outcome": "cancelled"}
+    (stopped,) = [e for e in server.launcher.events if e["event"] == "sessions_stopped"]
+    assert (stopped["stopped"], stopped["finished"]) == (2, 0)  # the two it had to stop
     leftovers = [p for p in server.imported(2) + server.session_pids() if running(p)]
     assert leftovers == []
 
@@ -329,6 +333,9 @@ def test_dev_mode_reimports_idle_processes_on_code_change(
     edited = server.file("edited")  # the idle process that replaced the first one
     answer = server.post({}).json()
     assert answer["pid"] == edited["pid"] != first
+    replaced = launcher.wait_event("sessions_idle_replaced")
+    assert replaced["reason"] == "code_changed"  # not a secrets update with equal versions
+    assert not [e for e in launcher.events if e.get("event") == "sessions_secrets_updated"]
     server.http.close()
 
 

@@ -118,8 +118,11 @@ class SessionRuntime:
 
     # --- read-after-write ----------------------------------------------------------------
 
-    async def refresh(self, force: bool = False) -> bool:
-        """Follow the store before a process is handed out; True when a new generation began."""
+    async def refresh(self, force: bool = False, reason: str = "reload") -> bool:
+        """Follow the store before a process is handed out; True when a new generation began.
+
+        `reason` says why a forced refresh replaced the idle processes when the secrets
+        version did not move (`reload`, `code_changed`): that is not a secrets update."""
         fingerprint = self.plan.fingerprint
         if fingerprint is None and not force:
             return False
@@ -148,14 +151,17 @@ class SessionRuntime:
                 self.masker.add(values)
             # The fingerprint read *before* the reload: a write landing during it makes the
             # next dispatch reload again rather than be missed.
-            self.fingerprint = current
+            previous, self.fingerprint = self.fingerprint, current
             retired = self.pool.new_generation(layers)
-            self.log(
-                "sessions_secrets_updated",
-                from_version=old,
-                to_version=layers.secrets_version,
-                retired_idle=retired,
-            )
+            if layers.secrets_version == old and current == previous:
+                self.log("sessions_idle_replaced", reason=reason, version=old, retired_idle=retired)
+            else:
+                self.log(
+                    "sessions_secrets_updated",
+                    from_version=old,
+                    to_version=layers.secrets_version,
+                    retired_idle=retired,
+                )
             return True
 
     # --- sessions -------------------------------------------------------------------------
@@ -315,11 +321,8 @@ class SessionRuntime:
 
         self.draining = True
         self.pool.retire_idle()
-        self.log(
-            "sessions_draining",
-            active=self.active(),
-            drain_timeout=self.config.drain_timeout,
-        )
+        active = self.active()
+        self.log("sessions_draining", active=active, drain_timeout=self.config.drain_timeout)
         async with anyio.create_task_group() as tg:
 
             async def forced() -> None:
@@ -330,10 +333,12 @@ class SessionRuntime:
             with anyio.move_on_after(self.config.drain_timeout):
                 await self._wait_processes()
             tg.cancel_scope.cancel()
+        stopped = 0  # sessions still running at the end of the drain: asked to stop
         for warm in self.pool.live():
             warm.worker.stop(self.config.stop_signal)
             if warm.session is not None and warm.session.active:
                 warm.session.state = "stopping"
+                stopped += 1
         if self.pool.processes:
             with anyio.move_on_after(0 if force.is_set() else STOP_GRACE_S):
                 await self._wait_processes(force)
@@ -341,7 +346,7 @@ class SessionRuntime:
             warm.worker.kill_group()
         with anyio.move_on_after(STOP_GRACE_S):
             await self._wait_processes()
-        self.log("sessions_stopped", sessions=len(self.sessions))
+        self.log("sessions_stopped", stopped=stopped, finished=max(0, active - stopped))
 
     # --- status ---------------------------------------------------------------------------
 
@@ -423,11 +428,11 @@ class SessionRuntime:
             return {"ok": False, "error": f"unknown sessions action {action!r}"}
         return {"ok": True, "session": session.as_dict()}
 
-    async def reload(self) -> dict[str, Any]:
+    async def reload(self, reason: str = "reload") -> dict[str, Any]:
         """`agent-run reload`: re-read the store and replace the idle processes."""
         old = self.pool.version
         try:
-            await self.refresh(force=True)
+            await self.refresh(force=True, reason=reason)
         except LauncherError as error:
             return {"ok": False, "result": "aborted", "error": error.message}
         return {
@@ -553,7 +558,7 @@ async def _reimport_on_code_change(directory: Path, runtime: SessionRuntime, log
     async for files in code_changes(directory):
         log("code_changed", files=",".join(files[:5]))
         if not runtime.draining:
-            await runtime.reload()
+            await runtime.reload(reason="code_changed")
 
 
 async def _serve_control(plan: Plan, runtime: SessionRuntime, log: Any) -> None:
