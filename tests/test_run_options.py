@@ -93,6 +93,22 @@ def test_runtime_variables_are_not_warned(cli: CLI) -> None:
     assert result.returncode == 0 and "warning" not in result.stderr
 
 
+def test_every_variable_agent_run_reads_is_known() -> None:
+    """Each AGENT_RUN_* name in the code is an option's or listed: none is warned as unknown."""
+    import re
+
+    from launcher.cli.run_command import OPTIONS, OTHER_VARIABLES, _env_name
+
+    root = Path(__file__).parent.parent / "launcher"
+    used = {
+        name
+        for path in root.rglob("*.py")
+        for name in re.findall(r"\bAGENT_RUN_[A-Z][A-Z0-9_]*[A-Z0-9]\b", path.read_text())
+    }
+    known = {_env_name(option) for option in OPTIONS} | OTHER_VARIABLES
+    assert used - known == set()
+
+
 def test_toml_typo_is_warned_with_a_suggestion(cli: CLI) -> None:
     """`worker = 2` in agent-run.toml: "did you mean 'workers'?"."""
     (cli.cwd / "agent-run.toml").write_text("worker = 2\n")

@@ -44,6 +44,8 @@ OTHER_VARIABLES = frozenset(
         "AGENT_RUN_PORT",
         "AGENT_RUN_SESSION_ID",
         "AGENT_RUN_SESSION_FD",
+        "AGENT_RUN_INSTANCE",
+        "AGENT_RUN_CONTAINMENT",
     }
 )
 KEY_SEARCH_ORDER = (
