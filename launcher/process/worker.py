@@ -146,6 +146,7 @@ class Worker:
         # Set by the supervisor once its event loop runs (anyio events are loop-bound).
         self.exited: anyio.Event | None = None
         self.ready_event: anyio.Event | None = None
+        self.foreground = False  # holds the terminal's foreground (launcher.process.terminal)
 
     def __repr__(self) -> str:
         return f"Worker(slot={self.slot}, pid={self.pid}, state={self.state.value})"
@@ -177,6 +178,10 @@ class Worker:
 
             self.state = WorkerState.DRAINING
             self.send(sig)
+            if self.foreground:
+                # Stopped by SIGTTIN after a newer worker took the terminal, it would hold
+                # the stop signal pending until its drain deadline.
+                self.send(signal.SIGCONT)
 
     def kill_group(self) -> None:
         """SIGKILL everything left in the worker's process group."""
@@ -187,6 +192,12 @@ class Worker:
 
     def reaped(self, status: int) -> None:
         self.exit_code = exit_code(status)
+        if self.foreground:
+            from launcher.process import terminal
+
+            terminal.take_back(self.pid)
+            if not self.stop_sent:
+                terminal.pass_on_interrupt(status)
         from launcher.ops.status import WorkerState
 
         if self.state is not WorkerState.DRAINING:
@@ -238,11 +249,13 @@ def fork_exec(
     stdout: int | None,
     stderr: int | None,
     pass_fds: Sequence[int] = (),
+    foreground: bool = False,
 ) -> int:
     """Start `argv` in its own process group, with the parent-death signal; return its pid.
 
     Raises OSError (ENOENT, EACCES) when the command cannot be found or run.
-    `stdout`/`stderr` None: the child writes to the launcher's own fds.
+    `stdout`/`stderr` None: the child writes to the launcher's own fds. `foreground`: the
+    child makes its group the foreground of the terminal `stdin` (launcher.process.terminal).
     """
     prctl = _prctl()  # libc is loaded in the parent: the child imports nothing
     path = _executable(argv[0], env)
@@ -273,6 +286,13 @@ def fork_exec(
             if os.getppid() != parent:  # the launcher died before prctl took effect
                 os._exit(1)
             os.setpgid(0, 0)
+            if foreground:
+                # Before exec and with every signal blocked: the kernel would stop a
+                # background caller with SIGTTOU, and the agent must not read first.
+                try:
+                    os.tcsetpgrp(stdin, os.getpid())
+                except OSError:
+                    pass
             try:
                 signal.set_wakeup_fd(-1)
             except ValueError:  # not the main thread: no wakeup fd
@@ -341,10 +361,17 @@ def spawn(
 ) -> Worker:
     """Start one worker. With a masker, its output is relayed masked; without, it is inherited.
 
-    `pass_fds` stay open in the child (session mode's private channel). `log_match` is the
+    `pass_fds` stay open in the child (session mode's private channel). With `inherit_stdin`
+    on a terminal the launcher holds, the worker gets the terminal's foreground, so it can
+    read it (launcher.process.terminal). `log_match` is the
     latch `on_line` raises; it becomes the worker's, so nothing it records can be lost.
     """
     stdin = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC) if not inherit_stdin else 0
+    foreground = False
+    if inherit_stdin:
+        from launcher.process.terminal import can_hand_over
+
+        foreground = can_hand_over(stdin)
     routes: dict[int, int] = {}
     stdout: int | None
     stderr: int | None
@@ -367,7 +394,13 @@ def spawn(
         child_fds.append(stdin)
     try:
         pid = fork_exec(
-            argv, env, stdin=stdin, stdout=stdout, stderr=stderr, pass_fds=tuple(pass_fds)
+            argv,
+            env,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            pass_fds=tuple(pass_fds),
+            foreground=foreground,
         )
     except OSError:
         for fd in [*child_fds, *routes]:
@@ -379,6 +412,7 @@ def spawn(
     if routes:
         relay = Relay(routes, masker or Masker(()), on_line=on_line, name=f"relay-{slot}").start()
     worker = Worker(slot, pid, version, relay, log_match)
+    worker.foreground = foreground
     reaper.register(pid, worker.reaped)  # before any reap can run: same (main) thread
     return worker
 
