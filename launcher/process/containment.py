@@ -269,6 +269,9 @@ def _start_guardian(cgroup: str | None, reason: str = "") -> Containment:
     else:
         containment = Containment("guardian", reason, write_end)
     containment.guardian_pid = pid
+    from launcher.process import reaper
+
+    reaper.outlives_us(pid)
     process.spawn_hooks.append(containment.track)
     return containment
 

@@ -86,8 +86,31 @@ def reap_remaining(timeout: float) -> None:
                 on_exit(status)
         elif time.monotonic() >= deadline:
             return  # something still runs that is not ours to wait for
+        elif _only_lifelong_children_left():
+            return  # the containment guardian outlives us by design
         else:
             time.sleep(0.005)
+
+
+_lifelong: set[int] = set()
+
+
+def outlives_us(pid: int) -> None:
+    """`pid` is a child that ends only after the launcher (the containment guardian):
+    `reap_remaining` does not wait for it."""
+    _lifelong.add(pid)
+
+
+def _only_lifelong_children_left() -> bool:
+    me = os.getpid()
+    children: set[int] = set()
+    try:
+        for task in os.listdir(f"/proc/{me}/task"):
+            with open(f"/proc/{me}/task/{task}/children") as listing:
+                children.update(int(pid) for pid in listing.read().split())
+    except OSError:  # no /proc, or a kernel without CONFIG_PROC_CHILDREN: wait it out
+        return False
+    return children <= _lifelong
 
 
 def exit_code(status: int) -> int:
