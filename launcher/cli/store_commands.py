@@ -37,6 +37,7 @@ COMMANDS = frozenset(
         ("secrets", "unset"),
         ("secrets", "list"),
         ("secrets", "history"),
+        ("secrets", "describe"),
         ("secrets", "rollback"),
         ("secrets", "delete"),
         ("key", "init"),
@@ -46,7 +47,15 @@ COMMANDS = frozenset(
     }
 )
 # Options of `secrets set` / `platform set` that take values: how many tokens each consumes.
-VALUE_OPTIONS = {"--secrets": 1, "--secrets-file": 1, "--stdin": 1, "--store": 1, "--key-file": 1}
+VALUE_OPTIONS = {
+    "--secrets": 1,
+    "--secrets-file": 1,
+    "--stdin": 1,
+    "--store": 1,
+    "--key-file": 1,
+    "--description": 1,
+    "--tag": 1,
+}
 MANY_OPTIONS = {"--from-env"}
 
 
@@ -129,6 +138,22 @@ def _input_options(parser: argparse.ArgumentParser, pairs_help: str) -> None:
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
+def _metadata_options(parser: argparse.ArgumentParser, which: str) -> None:
+    parser.add_argument(
+        "--description",
+        metavar="TEXT",
+        help=f"describe {which} (one line, at most 256 characters; plaintext, like the names: "
+        "never a value); an empty TEXT removes the description",
+    )
+    parser.add_argument(
+        "--tag",
+        metavar="NAME=VALUE",
+        action="append",
+        default=[],
+        help=f"tag {which} (e.g. team=voice, rotate=90d; plaintext like the names); repeatable",
+    )
+
+
 def build_parser(only: tuple[str, str] | None = None) -> argparse.ArgumentParser:
     """The parser; with `only`, just that subcommand is built (start-up: listing stays fast)."""
 
@@ -180,6 +205,7 @@ def build_parser(only: tuple[str, str] | None = None) -> argparse.ArgumentParser
             action="store_true",
             help="skip entries of an imported file that have an empty value (they are named)",
         )
+        _metadata_options(set_, "every secret given")
         _store_options(set_)
 
     if want("secrets", "unset"):
@@ -195,6 +221,13 @@ def build_parser(only: tuple[str, str] | None = None) -> argparse.ArgumentParser
         )
         list_.add_argument("set", metavar="SET", nargs="?")
         list_.add_argument("--json", action="store_true", help="print JSON")
+        list_.add_argument(
+            "--tag",
+            metavar="NAME[=VALUE]",
+            action="append",
+            default=[],
+            help="with SET: only the secrets with this tag (and value); repeatable, all must match",
+        )
         _store_options(list_)
 
     if want("secrets", "history"):
@@ -202,6 +235,28 @@ def build_parser(only: tuple[str, str] | None = None) -> argparse.ArgumentParser
         history.add_argument("set", metavar="SET")
         history.add_argument("--json", action="store_true", help="print JSON")
         _store_options(history)
+
+    if want("secrets", "describe"):
+        describe = commands.add_parser(
+            "describe",
+            help="change the description and tags of secrets, not their values",
+            description="Change the metadata of KEYs without touching their values. Metadata "
+            "is stored in plaintext like the key names (listing needs no key), authenticated "
+            "with the set, and kept in its history; it can never contain a value. It is a new "
+            "version of the set, which running launchers do not roll out (nothing a worker "
+            "receives changed).",
+        )
+        describe.add_argument("set", metavar="SET")
+        describe.add_argument("keys", nargs="+", metavar="KEY")
+        _metadata_options(describe, "each KEY")
+        describe.add_argument(
+            "--untag", metavar="NAME", action="append", default=[], help="remove tag NAME"
+        )
+        describe.add_argument(
+            "--clear", action="store_true", help="remove the description and every tag first"
+        )
+        describe.add_argument("--json", action="store_true", help="print the result as JSON")
+        _store_options(describe)
 
     if want("secrets", "rollback"):
         rollback = commands.add_parser(
@@ -432,6 +487,7 @@ def _print_result(args: argparse.Namespace, result: Any, extra: str = "") -> Non
                     "added": list(change.added),
                     "updated": list(change.changed),
                     "removed": list(change.removed),
+                    "metadata": list(change.described),
                 }
             )
         )
@@ -444,10 +500,33 @@ def _print_result(args: argparse.Namespace, result: Any, extra: str = "") -> Non
         (change.added, "added"),
         (change.changed, "updated"),
         (change.removed, "removed"),
+        (change.described, "described"),
     ):
         if count:
             parts.append(f"{len(count)} {word}")
     print(f"{result.name} v{result.version}: {extra}{', '.join(parts)}")
+
+
+def _metadata_edit(args: argparse.Namespace) -> Any:
+    """The --description/--tag (and --untag/--clear) options as an edit; falsy when none."""
+    from launcher.store.metadata import MetadataEdit, check_description, check_tag, parse_tag
+
+    if args.description is not None:
+        check_description("--description", args.description)
+    tags = tuple(parse_tag(t) for t in args.tag)
+    untag = tuple(getattr(args, "untag", ()))
+    for name in untag:
+        check_tag("--untag", name, "")
+    return MetadataEdit(
+        description=args.description,
+        tags=tuple((n, v or "") for n, v in tags),
+        untag=untag,
+        clear=getattr(args, "clear", False),
+    )
+
+
+def _tags_text(tags: Sequence[tuple[str, str]]) -> str:
+    return ",".join(f"{n}={v}" for n, v in tags)
 
 
 def _table(rows: Sequence[tuple[str, ...]]) -> str:
@@ -477,13 +556,34 @@ def cmd_secrets_set(args: argparse.Namespace, pairs: list[str]) -> int:
     values = _file_values(source_file, args.ignore_empty) if source_file else {}
     values.update(explicit)
     _check_all(values)  # before the key or the store is touched: nothing half-applied
+    edit = _metadata_edit(args)
     store = _store(args)
     key = _key(args, store, create=True)
 
     def apply(current: dict[str, str]) -> dict[str, str]:
         return dict(values) if args.overwrite else {**current, **values}
 
-    _print_result(args, store.update(args.set, key, apply))
+    describe = dict.fromkeys(values, edit) if edit else None
+    _print_result(args, store.update(args.set, key, apply, describe=describe))
+    return 0
+
+
+def cmd_secrets_describe(args: argparse.Namespace) -> int:
+    from launcher.store.names import check_set_name
+
+    check_set_name(args.set)
+    edit = _metadata_edit(args)
+    if not edit:
+        raise UsageError(
+            "nothing to change: give --description TEXT, --tag NAME=VALUE, --untag NAME or "
+            "--clear (`agent-run secrets list SET` shows the current metadata)"
+        )
+    store = _store(args)
+    key = _key(args, store)
+    result = store.update(
+        args.set, key, dict, must_exist=True, describe=dict.fromkeys(args.keys, edit)
+    )
+    _print_result(args, result)
     return 0
 
 
@@ -510,19 +610,9 @@ def cmd_secrets_unset(args: argparse.Namespace) -> int:
 def cmd_secrets_list(args: argparse.Namespace) -> int:
     store = _store(args)
     if args.set:
-        times = store.key_times(args.set)
-        if args.json:
-            print(json.dumps([{"key": k, **t} for k, t in times.items()]))
-        elif times:
-            print(
-                _table(
-                    [("KEY", "CREATED", "UPDATED")]
-                    + [(k, t["created"], t["updated"]) for k, t in times.items()]
-                )
-            )
-        else:
-            print(f"{args.set}: no keys")
-        return 0
+        return _list_keys(args, store)
+    if args.tag:
+        raise UsageError("--tag filters the secrets of one set: agent-run secrets list SET --tag")
     infos = store.list_sets()
     if args.json:
         print(
@@ -550,6 +640,41 @@ def cmd_secrets_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _list_keys(args: argparse.Namespace, store: Any) -> int:
+    """`secrets list SET`: each key's times, description and tags (never a value)."""
+    from launcher.store.metadata import Metadata, parse_tag
+
+    wanted = [parse_tag(t, value_required=False) for t in args.tag]
+    times = store.key_times(args.set)
+    metadata = store.metadata(args.set) if times else {}
+    rows = [
+        (k, t, metadata.get(k, Metadata()))
+        for k, t in times.items()
+        if metadata.get(k, Metadata()).matches(wanted)
+    ]
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {**{"key": k}, **t, "description": m.description, "tags": m.tag_dict()}
+                    for k, t, m in rows
+                ]
+            )
+        )
+    elif rows:
+        table = [("KEY", "CREATED", "UPDATED", "TAGS", "DESCRIPTION")]
+        table += [
+            (k, t["created"], t["updated"], _tags_text(m.tags) or "-", m.description or "-")
+            for k, t, m in rows
+        ]
+        print(_table(table))
+    elif times:
+        print(f"{args.set}: no key has tag {', '.join(args.tag)}")
+    else:
+        print(f"{args.set}: no keys")
+    return 0
+
+
 def cmd_secrets_history(args: argparse.Namespace) -> int:
     entries = _store(args).history(args.set)
     if args.json:
@@ -563,6 +688,7 @@ def cmd_secrets_history(args: argparse.Namespace) -> int:
                         "added": list(e.change.added),
                         "updated": list(e.change.changed),
                         "removed": list(e.change.removed),
+                        "metadata": list(e.change.described),
                     }
                     for e in entries
                 ]
@@ -573,10 +699,11 @@ def cmd_secrets_history(args: argparse.Namespace) -> int:
     for e in entries:
         changes = [f"+{k}" for k in e.change.added] + [f"~{k}" for k in e.change.changed]
         changes += [f"-{k}" for k in e.change.removed]
+        changes += [f"*{k}" for k in e.change.described]
         label = f"{e.version}{' (current)' if e.current else ''}"
         rows.append((label, e.updated, " ".join(changes) or "-"))
     print(_table(rows))
-    print("(+ added, ~ changed, - removed; values are never shown)")
+    print("(+ added, ~ changed, - removed, * description or tags changed; values are never shown)")
     return 0
 
 
@@ -732,6 +859,7 @@ def main(argv: list[str]) -> int:
         ("secrets", "unset"): cmd_secrets_unset,
         ("secrets", "list"): cmd_secrets_list,
         ("secrets", "history"): cmd_secrets_history,
+        ("secrets", "describe"): cmd_secrets_describe,
         ("secrets", "rollback"): cmd_secrets_rollback,
         ("secrets", "delete"): cmd_secrets_delete,
         ("key", "init"): cmd_key_init,

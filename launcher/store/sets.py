@@ -4,7 +4,8 @@ A set file has four lines:
 1. a small plaintext header — format, set name, version, status, update time, master key id,
    number of keys and the data key wrapped by the master key — so `current_version()` reads
    one short line, `secrets list` needs no key, and `read()` parses nothing else;
-2. plaintext metadata — key names with their times, what the last change did;
+2. plaintext metadata — key names with their times, descriptions and tags (see
+   metadata.py), what the last change did;
 3. the nine previous versions, each sealed with the set's data key (their version, time and
    change bound as associated data);
 4. the current values, all sealed at once with the set's data key (one AES-GCM operation, so
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from launcher.store.keys import StrPath
+    from launcher.store.metadata import Metadata, MetadataEdit
     from launcher.store.model import SecretSet
 
 FORMAT = 2  # 1: development builds before the header carried the data key
@@ -73,17 +75,25 @@ class Change(NamedTuple):
     added: tuple[str, ...] = ()
     changed: tuple[str, ...] = ()
     removed: tuple[str, ...] = ()
+    described: tuple[str, ...] = ()  # kept keys whose description or tags changed
 
     @property
     def empty(self) -> bool:
-        return not (self.added or self.changed or self.removed)
+        return not (self.added or self.changed or self.removed or self.described)
+
+    @property
+    def values_changed(self) -> bool:
+        return bool(self.added or self.changed or self.removed)
 
     def as_dict(self) -> dict[str, list[str]]:
-        return {
+        data = {
             "added": list(self.added),
             "changed": list(self.changed),
             "removed": list(self.removed),
         }
+        if self.described:  # only when present: files without it stay as they were
+            data["described"] = list(self.described)
+        return data
 
 
 class WriteResult(NamedTuple):
@@ -213,6 +223,16 @@ class Store:
 
     def current_version(self, name: str) -> int | None:
         """The set's version from its first line: no decryption. None if there is no set."""
+        header = self._header(name)
+        if header is None:
+            return None
+        try:
+            return int(header["version"])
+        except (KeyError, TypeError, ValueError):
+            raise DecryptionFailed(f"set {name!r} is damaged (unreadable header)") from None
+
+    def _header(self, name: str) -> dict[str, Any] | None:
+        """The first line, parsed; None if there is no set."""
         try:
             with open(self._file(name), "rb") as stream:
                 first = stream.readline(4096)
@@ -221,10 +241,12 @@ class Store:
         except PermissionError:
             raise PermissionProblem(self.denied("read", self._file(name))) from None
         try:
-            version = json.loads(first)["version"]
-        except (ValueError, KeyError, TypeError):
-            raise DecryptionFailed(f"set {name!r} is damaged (unreadable header)") from None
-        return int(version)
+            header = json.loads(first)
+        except ValueError:
+            header = None
+        if not isinstance(header, dict):
+            raise DecryptionFailed(f"set {name!r} is damaged (unreadable header)")
+        return header
 
     def exists(self, name: str) -> bool:
         """True when the set's file is there; a store we may not look into is an error
@@ -304,7 +326,26 @@ class Store:
 
     def key_times(self, name: str) -> dict[str, dict[str, str]]:
         """Each key's created/updated time (names only, no key needed)."""
-        return dict(self._meta(name, self._parse(name, self._read_existing(name)))["keys"])
+        keys = self._meta(name, self._parse(name, self._read_existing(name)))["keys"]
+        return {k: {"created": t["created"], "updated": t["updated"]} for k, t in keys.items()}
+
+    def metadata(self, name: str) -> dict[str, Metadata]:
+        """Each key's description and tags (plaintext like the names: no key needed)."""
+        return self._metadata(name, self._parse(name, self._read_existing(name)))
+
+    def values_version(self, name: str) -> int | None:
+        """The last version that changed values (header only; None if there is no set).
+
+        A change of metadata alone is a new version, but what a worker receives is the
+        same, so a running launcher follows this number rather than `current_version()`.
+        """
+        header = self._header(name)
+        if header is None:
+            return None
+        try:
+            return int(header.get("values_version", header["version"]))
+        except (KeyError, TypeError, ValueError):
+            raise DecryptionFailed(f"set {name!r} is damaged (unreadable header)") from None
 
     def history(self, name: str) -> list[HistoryEntry]:
         """The current version and the kept earlier ones, newest first (no key needed)."""
@@ -363,11 +404,13 @@ class Store:
         change: Callable[[dict[str, str]], dict[str, str]],
         *,
         must_exist: bool = False,
+        describe: Mapping[str, MetadataEdit] | None = None,
     ) -> WriteResult:
         """Read-modify-write under the set's lock; `change` returns the new values.
 
         `change` runs under the lock and may raise a LauncherError to refuse the change
-        (nothing is written then). A change that alters nothing writes no new version.
+        (nothing is written then). `describe` edits the metadata of keys the new values
+        have. A change that alters nothing writes no new version.
         """
         if name != PLATFORM:
             check_set_name(name)
@@ -379,12 +422,14 @@ class Store:
             old = self._open_values(name, parsed, key) if parsed else {}
             new = change(dict(old))
             check_set_size(name, new)
-            diff = _diff(old, new)
+            old_metadata = self._metadata(name, parsed) if parsed else {}
+            metadata = _edit_metadata(name, old_metadata, new, describe or {})
+            diff = _diff(old, new, old_metadata, metadata)
             previous = int(parsed.header["version"]) if parsed else None
             if parsed is not None and diff.empty:
                 return WriteResult(name, previous or 0, diff, previous)
             version = (previous or 0) + 1
-            self._write(name, key, parsed, old, new, version, diff)
+            self._write(name, key, parsed, old, new, version, diff, metadata)
             return WriteResult(name, version, diff, previous)
 
     def rollback(self, name: str, key: MasterKey, version: int | None = None) -> WriteResult:
@@ -419,8 +464,11 @@ class Store:
                     f"version {target} of set {name!r} is damaged or was altered; "
                     "nothing was restored"
                 ) from None
+            # Values go back; descriptions and tags stay as they are now (for the keys the
+            # restored version has): metadata documents a secret, it is not part of a version.
+            metadata = {k: m for k, m in self._metadata(name, parsed).items() if k in restored}
             diff = _diff(old, restored)
-            self._write(name, key, parsed, old, restored, current + 1, diff)
+            self._write(name, key, parsed, old, restored, current + 1, diff, metadata)
             return WriteResult(name, current + 1, diff, current)
 
     def delete(self, name: str) -> None:
@@ -534,6 +582,18 @@ class Store:
             raise self._damaged(name)
         return meta
 
+    def _metadata(self, name: str, parsed: _Parsed) -> dict[str, Metadata]:
+        from launcher.store.metadata import from_stored
+
+        metadata = {}
+        try:
+            for key, entry in self._meta(name, parsed)["keys"].items():
+                if "description" in entry or "tags" in entry:
+                    metadata[key] = from_stored(key, entry)
+        except (AttributeError, ValueError):
+            raise self._damaged(name) from None
+        return metadata
+
     def _history(self, name: str, parsed: _Parsed) -> list[dict[str, Any]]:
         try:
             history = json.loads(parsed.history_line)
@@ -591,6 +651,7 @@ class Store:
         values: dict[str, str],
         version: int,
         diff: Change,
+        metadata: Mapping[str, Metadata],
     ) -> None:
         now = _iso(self._clock())
         if parsed is None:
@@ -617,6 +678,7 @@ class Store:
             k: {
                 "created": old_times.get(k, {}).get("created", now),
                 "updated": now if k in changed else old_times.get(k, {}).get("updated", now),
+                **(metadata[k].stored() if k in metadata else {}),
             }
             for k in sorted(values)
         }
@@ -628,6 +690,9 @@ class Store:
             "updated": now,
             "key_id": key.id,
             "count": len(values),
+            "values_version": version
+            if diff.values_changed or parsed is None
+            else (int(parsed.header.get("values_version", parsed.header["version"]))),
             "data_key": crypto.b64encode(crypto.seal(key.key, data_key, _data_key_context(name))),
         }
         meta = _canonical({"created": created, "keys": times, "change": diff.as_dict()})
@@ -746,12 +811,41 @@ class _SetLock:
         os.close(self._fd)
 
 
-def _diff(old: Mapping[str, str], new: Mapping[str, str]) -> Change:
+def _diff(
+    old: Mapping[str, str],
+    new: Mapping[str, str],
+    old_metadata: Mapping[str, Metadata] | None = None,
+    metadata: Mapping[str, Metadata] | None = None,
+) -> Change:
+    kept = new.keys() & old.keys()
+    before, after = old_metadata or {}, metadata or {}
     return Change(
         added=tuple(sorted(new.keys() - old.keys())),
-        changed=tuple(sorted(k for k in new.keys() & old.keys() if new[k] != old[k])),
+        changed=tuple(sorted(k for k in kept if new[k] != old[k])),
         removed=tuple(sorted(old.keys() - new.keys())),
+        described=tuple(sorted(k for k in kept if before.get(k) != after.get(k))),
     )
+
+
+def _edit_metadata(
+    name: str,
+    old: Mapping[str, Metadata],
+    values: Mapping[str, str],
+    edits: Mapping[str, MetadataEdit],
+) -> dict[str, Metadata]:
+    """The metadata after `edits`, for the keys `values` has (a removed key loses its own)."""
+    from launcher.store.metadata import Metadata, check_not_a_value
+
+    metadata = {k: m for k, m in old.items() if k in values}
+    for key, edit in edits.items():
+        if key not in values:
+            raise OperationFailed(
+                f"set {name!r} has no key {key} to describe; nothing was changed "
+                f"(keys: {', '.join(sorted(values)) or 'none'})"
+            )
+        metadata[key] = edit.apply(key, metadata.get(key, Metadata()))
+        check_not_a_value(key, metadata[key], values)
+    return {k: m for k, m in metadata.items() if m}
 
 
 def default_root(environ: Mapping[str, str] = os.environ) -> str:
