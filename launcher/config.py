@@ -59,6 +59,10 @@ class RunConfig(NamedTuple):
     key_file: str | None = None
     secret_set: str | None = None
     env_files: tuple[str, ...] = ()
+    # The `env` table of agent-run.toml: plain values, which may reference secrets.
+    env: tuple[tuple[str, str], ...] = ()
+    config_file: str | None = None  # the agent-run.toml that was read, if any
+    render: tuple[str, ...] = ()  # --render TEMPLATE:DEST
     # The pool.
     workers: int = 1
     restart: RestartPolicy = RestartPolicy.ALWAYS

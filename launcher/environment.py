@@ -32,6 +32,7 @@ PRIVATE_VARIABLES: frozenset[str] = frozenset(
         "LISTEN_FDS",
         "LISTEN_PID",
         "LISTEN_FDNAMES",
+        "AGENT_RUN_FILES",  # set per process when it has private files (process/private_files)
     }
 )
 
@@ -49,12 +50,15 @@ class EnvironmentLayers(NamedTuple):
     platform: Mapping[str, str] = {}
     secrets_version: int | None = None
     python_target: bool = False
+    # `--render` output, DEST -> content: written per process to its private directory.
+    files: Mapping[str, bytes] = {}
 
     def __repr__(self) -> str:
         # A NamedTuple's default repr would print every secret value.
         return (
             f"EnvironmentLayers(secrets_version={self.secrets_version}, "
-            f"secrets={sorted(self.secrets)}, platform={sorted(self.platform)})"
+            f"secrets={sorted(self.secrets)}, platform={sorted(self.platform)}, "
+            f"files={sorted(self.files)})"
         )
 
 

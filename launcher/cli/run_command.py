@@ -46,6 +46,7 @@ OTHER_VARIABLES = frozenset(
         "AGENT_RUN_SESSION_FD",
         "AGENT_RUN_INSTANCE",
         "AGENT_RUN_CONTAINMENT",
+        "AGENT_RUN_FILES",
     }
 )
 KEY_SEARCH_ORDER = (
@@ -151,6 +152,15 @@ OPTIONS: tuple[Option, ...] = (
         (),
         "plain development values from a dotenv file; repeatable (toml: env_files = [...])",
         "FILE",
+    ),
+    Option(
+        "--render",
+        "render",
+        str,
+        (),
+        "render TEMPLATE (${secret:NAME} references resolved) to DEST in each process's private "
+        "directory $AGENT_RUN_FILES; repeatable (toml: render = [...]; env: comma-separated)",
+        "TEMPLATE:DEST",
     ),
     Option("--workers", "workers", _positive_int, 1, "number of worker processes", "N"),
     Option(
@@ -326,6 +336,7 @@ OPTIONS: tuple[Option, ...] = (
 
 VALUE_FLAGS = {o.flag for o in OPTIONS if o.convert is not None} | {"--config"}
 SWITCHES = {o.flag for o in OPTIONS if o.convert is None}
+LIST_OPTIONS = ("env_files", "render")  # repeatable flags, lists in toml
 
 
 def _env_name(option: Option) -> str:
@@ -387,7 +398,7 @@ def build_parser(prog: str = "agent-run") -> Any:
                 default=argparse.SUPPRESS,
                 help=option.help + shown,
             )
-        elif option.dest == "env_files":
+        elif option.dest in LIST_OPTIONS:
             parser.add_argument(
                 option.flag,
                 dest=option.dest,
@@ -482,7 +493,7 @@ def _load_toml(path: str, explicit: bool) -> dict[str, Any]:
         raise InvalidInput(f"{path} is not valid TOML: {error}") from None
     if "secrets" in data and "secret_set" not in data:
         data["secret_set"] = data.pop("secrets")
-    known = {o.dest for o in OPTIONS} | {"mask", "watch"}
+    known = {o.dest for o in OPTIONS} | {"mask", "watch", "env"}
     for key in sorted(set(data) - known):
         _warn(f"{path}: unknown key {key!r} ignored", key, known, repr)
     return data
@@ -510,6 +521,38 @@ def _chosen(option: Option, given: dict[str, Any], toml: dict[str, Any]) -> bool
     return option.dest in given or bool(os.environ.get(_env_name(option))) or option.dest in toml
 
 
+def env_table(toml: dict[str, Any], path: str) -> tuple[tuple[str, str], ...]:
+    """The `[env]` table of agent-run.toml: NAME = "value" (numbers are written as text)."""
+    table = toml.get("env", {})
+    if not isinstance(table, dict):
+        raise InvalidInput(f'{path}: env must be a table ([env] NAME = "value")')
+    entries = []
+    for name, value in table.items():
+        if not name or "=" in name or "\x00" in name:
+            raise InvalidInput(f"{path}: [env] {name!r} is not a variable name")
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        elif isinstance(value, (int, float)):
+            value = str(value)
+        if not isinstance(value, str) or "\x00" in value:
+            raise InvalidInput(f"{path}: [env] {name} must be a string, a number or a boolean")
+        entries.append((name, value))
+    return tuple(entries)
+
+
+def parse_render(spec: str) -> tuple[str, str]:
+    """`--render TEMPLATE:DEST` -> (TEMPLATE, DEST); DEST is a plain file name."""
+    from launcher.process.private_files import file_name_problem
+
+    template, sep, dest = spec.rpartition(":")
+    if not sep or not template:
+        raise UsageError(f"--render {spec}: write TEMPLATE:DEST (e.g. config.tmpl:config.json)")
+    problem = file_name_problem(dest)
+    if problem:
+        raise UsageError(f"--render {spec}: {problem}")
+    return template, dest
+
+
 def resolve(
     given: dict[str, Any],
     environ: dict[str, str] | os._Environ[str],
@@ -524,8 +567,9 @@ def resolve(
             raw, source = given[option.dest], option.flag
         elif environ.get(_env_name(option)) and option.dest != "store":
             raw, source = environ[_env_name(option)], _env_name(option)
-            if option.dest == "env_files":
-                raw = [p for p in raw.split(os.pathsep) if p]
+            if option.dest in LIST_OPTIONS:
+                separator = os.pathsep if option.dest == "env_files" else ","
+                raw = [p for p in raw.split(separator) if p]
         elif option.dest in toml:
             raw, source = toml[option.dest], f"{path}: {option.dest}"
         else:
@@ -534,7 +578,7 @@ def resolve(
         try:
             if option.convert is None:
                 values[option.dest] = raw if isinstance(raw, bool) else _bool(str(raw))
-            elif option.dest == "env_files":
+            elif option.dest in LIST_OPTIONS:
                 items = raw if isinstance(raw, list) else [raw]
                 values[option.dest] = tuple(str(p) for p in items)
             else:
@@ -579,8 +623,8 @@ def parse_options(tokens: Sequence[str], prog: str) -> dict[str, Any]:
             index += 2
         else:
             raise UsageError(f"{flag} needs a value ({option.metavar or 'VALUE'})")
-        if option.dest == "env_files":
-            given.setdefault("env_files", []).append(value)
+        if option.dest in LIST_OPTIONS:
+            given.setdefault(option.dest, []).append(value)
         else:
             given[option.dest] = value
     return given
@@ -615,9 +659,21 @@ def build_config(argv: Sequence[str], dev: bool) -> RunConfig:
         for option in unset:
             if option.dest in dev_defaults:
                 values[option.dest] = dev_defaults[option.dest]
+    destinations = [parse_render(spec)[1] for spec in values["render"]]
+    repeated = sorted({d for d in destinations if destinations.count(d) > 1})
+    if repeated:
+        raise UsageError(f"--render: {', '.join(repeated)} is the DEST of more than one template")
     no_mask = values.pop("no_mask")
     no_watch = values.pop("no_watch")
-    return RunConfig(target=target, mask=not no_mask, watch=not no_watch, dev=dev, **values)
+    return RunConfig(
+        target=target,
+        mask=not no_mask,
+        watch=not no_watch,
+        dev=dev,
+        env=env_table(toml, path),
+        config_file=path if toml else None,
+        **values,
+    )
 
 
 def build_plan(config: RunConfig) -> Any:
@@ -636,15 +692,45 @@ def build_plan(config: RunConfig) -> Any:
             key_holder.append(load_master_key(store.directory, config.key_file))
         return key_holder[0]
 
-    def env_files() -> dict[str, str]:
-        values: dict[str, str] = {}
+    def env_files(secrets: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+        """The toml `env` table, then each env file, references resolved: (values, the
+        composed values that hold a secret, to be masked)."""
+        from launcher.references import resolve_all
+
+        values, composed = resolve_all(
+            dict(config.env),
+            secrets,
+            origin=f"{config.config_file or CONFIG_FILE} [env]",
+            set_name=config.secret_set,
+        )
         for path in config.env_files:
             from pathlib import Path
 
             from launcher.store.parse import read_dotenv
 
-            values.update(read_dotenv(Path(path)).values)
-        return values
+            resolved, more = resolve_all(
+                read_dotenv(Path(path)).values,
+                secrets,
+                origin=f"--env-file {path}",
+                set_name=config.secret_set,
+            )
+            values.update(resolved)
+            composed += more
+        return values, composed
+
+    def rendered(secrets: dict[str, str]) -> dict[str, bytes]:
+        from launcher.references import render
+
+        files: dict[str, bytes] = {}
+        for spec in config.render:
+            template, dest = parse_render(spec)
+            files[dest] = render(
+                f"--render {template}",
+                _read_template(template),
+                secrets,
+                set_name=config.secret_set,
+            ).encode("utf-8")
+        return files
 
     def read() -> tuple[EnvironmentLayers, list[str]]:
         secrets: dict[str, str] = {}
@@ -653,15 +739,17 @@ def build_plan(config: RunConfig) -> Any:
             secret_set = store.read(config.secret_set, key())
             secrets, version = secret_set.plain(), secret_set.version
         platform = store.read_platform(key()) if store.has_platform() else {}
+        plain, composed = env_files(secrets)
         layers = EnvironmentLayers(
             inherited=dict(os.environ),
-            env_files=env_files(),
+            env_files=plain,
             secrets=secrets,
             platform=platform,
             secrets_version=version,
             python_target=config.target.is_python,
+            files=rendered(secrets) if config.render else {},
         )
-        masked = list(secrets.values())
+        masked = list(secrets.values()) + composed
         for name in PLATFORM_CREDENTIALS[1:]:  # the URL is not a secret; key and secret are
             value = platform.get(name) or os.environ.get(name)
             if value:
@@ -671,13 +759,22 @@ def build_plan(config: RunConfig) -> Any:
     if config.secret_set and not store.exists(config.secret_set):
         raise store._not_found(config.secret_set)
     layers, masked = read()
+    from launcher.process import private_files
+
+    # Trees left by launchers that were killed; and ours made now, so an unusable base
+    # directory is reported here rather than at the first spawn.
+    private_files.sweep_stale()
+    if config.render:
+        private_files.for_this_launcher().prepare()
 
     def fingerprint() -> Hashable:
         from launcher.errors import LauncherError
 
         try:
+            # values_version: a new version that only changed descriptions or tags gives
+            # the workers nothing new, so it does not roll the pool.
             return (
-                store.current_version(config.secret_set) if config.secret_set else None,
+                store.values_version(config.secret_set) if config.secret_set else None,
                 store.current_version(PLATFORM),
             )
         except LauncherError:
@@ -706,6 +803,30 @@ def build_plan(config: RunConfig) -> Any:
         run_dir=store.runtime_dir(),
         code_dir=target_dir,
     )
+
+
+def _read_template(path: str) -> str:
+    from launcher.process.private_files import MAX_FILE_BYTES
+
+    try:
+        with open(path, "rb") as stream:
+            data = stream.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise InvalidInput(f"--render: template {path} does not exist") from None
+    except IsADirectoryError:
+        raise InvalidInput(f"--render: template {path} is a directory") from None
+    except PermissionError:
+        from launcher.errors import PermissionProblem
+
+        raise PermissionProblem(
+            f"--render: cannot read template {path}: permission denied"
+        ) from None
+    if len(data) > MAX_FILE_BYTES:
+        raise InvalidInput(f"--render: template {path} is larger than {MAX_FILE_BYTES} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput(f"--render: template {path} is not UTF-8 text") from None
 
 
 def main(argv: list[str]) -> int:

@@ -147,6 +147,7 @@ class Worker:
         self.exited: anyio.Event | None = None
         self.ready_event: anyio.Event | None = None
         self.foreground = False  # holds the terminal's foreground (launcher.process.terminal)
+        self.private_dir: str | None = None  # its private files (AGENT_RUN_FILES), if any
 
     def __repr__(self) -> str:
         return f"Worker(slot={self.slot}, pid={self.pid}, state={self.state.value})"
@@ -189,6 +190,14 @@ class Worker:
             os.killpg(self.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+
+    def remove_private_files(self) -> None:
+        """The process is gone: so are the files only it could read (call after reaping)."""
+        if self.private_dir is not None:
+            from launcher.process.private_files import remove
+
+            remove(self.private_dir)
+            self.private_dir = None
 
     def reaped(self, status: int) -> None:
         self.exit_code = exit_code(status)
@@ -358,6 +367,7 @@ def spawn(
     on_line: Callable[[bytes], None] | None = None,
     pass_fds: Sequence[int] = (),
     log_match: Latch | None = None,
+    files: Mapping[str, bytes] | None = None,
 ) -> Worker:
     """Start one worker. With a masker, its output is relayed masked; without, it is inherited.
 
@@ -365,7 +375,16 @@ def spawn(
     on a terminal the launcher holds, the worker gets the terminal's foreground, so it can
     read it (launcher.process.terminal). `log_match` is the
     latch `on_line` raises; it becomes the worker's, so nothing it records can be lost.
+    `files` are written to a private directory of this process, named by AGENT_RUN_FILES in
+    its environment; the caller removes it with `Worker.remove_private_files()` once the
+    process is reaped.
     """
+    private_dir = None
+    if files:
+        from launcher.process import private_files
+
+        private_dir = private_files.for_this_launcher().create(files)
+        env = {**env, private_files.VARIABLE: private_dir}
     stdin = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC) if not inherit_stdin else 0
     foreground = False
     if inherit_stdin:
@@ -405,6 +424,10 @@ def spawn(
     except OSError:
         for fd in [*child_fds, *routes]:
             os.close(fd)
+        if private_dir is not None:
+            from launcher.process.private_files import remove
+
+            remove(private_dir)
         raise
     for fd in child_fds:
         os.close(fd)
@@ -413,6 +436,7 @@ def spawn(
         relay = Relay(routes, masker or Masker(()), on_line=on_line, name=f"relay-{slot}").start()
     worker = Worker(slot, pid, version, relay, log_match)
     worker.foreground = foreground
+    worker.private_dir = private_dir
     reaper.register(pid, worker.reaped)  # before any reap can run: same (main) thread
     return worker
 
@@ -467,6 +491,7 @@ class WorkerFactory:
             inherit_stdin=self.inherit_stdin,
             on_line=on_line,
             log_match=log_match,
+            files=layers.files,
         )
         worker.port = port
         return worker

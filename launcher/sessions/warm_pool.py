@@ -193,6 +193,7 @@ class WarmPool:
                 version=self.layers.secrets_version,
                 masker=self.masker,
                 pass_fds=(child.fileno(),),
+                files=self.layers.files,
             )
         except OSError as error:
             parent.close()
@@ -304,6 +305,7 @@ class WarmPool:
             return None
         warm.worker.reaped(status)
         warm.worker.kill_group()  # whatever it left in its process group goes with it
+        warm.worker.remove_private_files()
         if warm in self.idle:
             self.idle.remove(warm)
             if not warm.ready.is_set():

@@ -126,6 +126,7 @@ class Engine:
         self.workers.pop(pid, None)
         worker.reaped(status)
         worker.kill_group()  # the main process is gone: its group goes with it
+        worker.remove_private_files()
         if worker.exited is not None:
             worker.exited.set()
         code = worker.exit_code if worker.exit_code is not None else 1
