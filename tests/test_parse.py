@@ -36,12 +36,21 @@ def test_double_equals_round_trips(key: str, value: str) -> None:
     assert parse_pairs([f"{key}=={value}"]) == [(key, value)]
 
 
-@given(keys, values)
+@given(keys, values.filter(lambda v: v != "--stdin"))
 def test_split_tokens_keeps_values_that_look_like_options(key: str, value: str) -> None:
-    """After a bare key the next token is its value, even `--json` or `-x`."""
+    """After a bare key the next token is its value, even `--json` or `-x` (not `--stdin`)."""
     options, pairs = split_tokens(["prod", key, value, "--json"])
     assert options == ["prod", "--json"]
     assert pairs == [key, value]
+
+
+def test_key_then_stdin_reads_that_key_from_stdin() -> None:
+    """`KEY --stdin` is `--stdin KEY`; two --stdin are a usage error, not a silent choice."""
+    options, pairs = split_tokens(["prod", "A=1", "OPENAI_API_KEY", "--stdin", "--tag", "t=v"])
+    assert options == ["prod", "--stdin", "OPENAI_API_KEY", "--tag", "t=v"]
+    assert pairs == ["A=1"]
+    with pytest.raises(UsageError, match="--stdin"):
+        split_tokens(["prod", "A", "--stdin", "--stdin", "B"])
 
 
 def test_key_without_value_is_a_usage_error() -> None:

@@ -334,8 +334,13 @@ def split_tokens(tokens: Sequence[str]) -> tuple[list[str], list[str]]:
         token = tokens[index]
         index += 1
         if awaiting_value:
-            pairs.append(token)
             awaiting_value = False
+            if token == "--stdin" and not only_pairs:
+                # `KEY --stdin` reads KEY from standard input, as `--stdin KEY` does: nobody
+                # means to store the literal text "--stdin" as a secret.
+                options += ["--stdin", pairs.pop()]
+                continue
+            pairs.append(token)
         elif token == "--" and not only_pairs:
             only_pairs = True
         elif token.startswith("-") and not only_pairs:
@@ -360,6 +365,8 @@ def split_tokens(tokens: Sequence[str]) -> tuple[list[str], list[str]]:
         else:
             pairs.append(token)
             awaiting_value = "=" not in token
+    if sum(o == "--stdin" or o.startswith("--stdin=") for o in options) > 1:
+        raise UsageError("--stdin reads one value: give it once (other keys as KEY=VALUE)")
     return options, pairs
 
 
