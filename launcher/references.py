@@ -54,7 +54,7 @@ def resolve(
                 f"{origin}: {variable} has a malformed reference {match.group(0)!r} "
                 "(write ${secret:NAME} with a secret name, or $${secret:...} for the literal text)"
             )
-        if name not in secrets:
+        if set_name is None or name not in secrets:
             raise InvalidInput(_missing(name, variable, origin, set_name, secrets))
         return secrets[name]
 

@@ -94,13 +94,18 @@ def test_list_filters_by_tag(cli: CLI) -> None:
 
     def keys(*tags: str) -> list[str]:
         args = [a for t in tags for a in ("--tag", t)]
-        return [e["key"] for e in json.loads(cli("secrets", "list", "prod", "--json", *args).stdout)]
+        return [
+            e["key"] for e in json.loads(cli("secrets", "list", "prod", "--json", *args).stdout)
+        ]
 
     assert keys("team=voice") == ["OPENAI_API_KEY"]
     assert keys("team") == ["DB_PASSWORD", "OPENAI_API_KEY"]
     assert keys("team", "rotate=90d") == ["OPENAI_API_KEY"]
     assert keys("team=nobody") == []
-    assert "no key has tag team=nobody" in cli("secrets", "list", "prod", "--tag", "team=nobody").stdout
+    assert (
+        "no key has tag team=nobody"
+        in cli("secrets", "list", "prod", "--tag", "team=nobody").stdout
+    )
 
 
 def test_no_value_in_any_metadata_output(cli: CLI) -> None:
