@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from launcher.store.keys import MasterKey
 from launcher.store.metadata import MetadataEdit
 from launcher.store.sets import Store, crypto
 
-from .conftest import CLI
+from .conftest import CLI, PROBE, Launcher
 
 VALUE = "sk-live-0123456789abcdef"
 LEGACY = Path(__file__).parent / "data" / "legacy-fd8353d.set"
@@ -200,3 +201,19 @@ def test_sets_written_before_metadata_still_work(tmp_path: Path) -> None:
     assert store.metadata("legacy")["API_KEY"].description == "old key"
     assert store.rollback("legacy", LEGACY_KEY, 1).version == 4
     assert store.read("legacy", LEGACY_KEY).plain()["API_KEY"] == "sk-old-format-0001"
+
+
+def test_running_launcher_does_not_roll_out_a_metadata_only_version(
+    cli: CLI, launch: Callable[..., Launcher]
+) -> None:
+    """Describing a secret leaves the workers alone; the next value change rolls as usual."""
+    cli("secrets", "set", "prod", "A=value-one")
+    launcher = launch(
+        "--secrets", "prod", "--ready", "notify", str(PROBE), env={"PROBE_NOTIFY": "1"}
+    )
+    launcher.wait_event("worker_ready", version=1)
+    assert cli("secrets", "describe", "prod", "A", "--tag", "team=voice").returncode == 0
+    assert cli("secrets", "set", "prod", "A=value-two").returncode == 0
+    launcher.wait_event("rollout_succeeded", to_version=3)
+    started = [e for e in launcher.events if e.get("event") == "rollout_started"]
+    assert [e["to_version"] for e in started] == [3]

@@ -695,6 +695,8 @@ def build_plan(config: RunConfig) -> Any:
     def env_files(secrets: dict[str, str]) -> tuple[dict[str, str], list[str]]:
         """The toml `env` table, then each env file, references resolved: (values, the
         composed values that hold a secret, to be masked)."""
+        if not config.env and not config.env_files:
+            return {}, []
         from launcher.references import resolve_all
 
         values, composed = resolve_all(
