@@ -2,7 +2,8 @@
 
 No processes here: the planner is a pure function, so hypothesis drives it through worker
 ready, readiness failure, crash, exit during drain, new version, SIGHUP, TERM, second TERM
-and drain deadlines in any order, and checks the promises of SPEC §3-§4 at every step.
+and drain deadlines in any order — and, in session mode, sessions taken, started for a
+waiting request, ended and stopped — and checks the promises of SPEC §3-§5 at every step.
 The real-process tests of the same promises are in test_engine.py.
 """
 
@@ -37,10 +38,22 @@ class PoolModel(RuleBasedStateMachine):
         surge=st.integers(0, 2),
         restart=st.sampled_from(list(RestartPolicy)),
         max_restarts=st.sampled_from([None, 2]),
+        sessions=st.booleans(),
     )
     def start(
-        self, size: int, surge: int, restart: RestartPolicy, max_restarts: int | None
+        self,
+        size: int,
+        surge: int,
+        restart: RestartPolicy,
+        max_restarts: int | None,
+        sessions: bool,
     ) -> None:
+        self.session_mode = sessions
+        self.end_requested: set[int] = set()
+        self.stopped_sessions: list[tuple[int, bool]] = []  # (pid, allowed)
+        if sessions:  # session mode: the slots are warm processes, replaced all at once
+            size, restart, max_restarts = size - 1, RestartPolicy.ALWAYS, None
+            surge = max(size, 1)
         self.settings = planner.Settings(
             size=size,
             surge=surge,
@@ -59,6 +72,7 @@ class PoolModel(RuleBasedStateMachine):
         self.started_after_shutdown = False
         self.finished: list[int] = []
         self.shutdown_began = False
+        self.bursting: set[int] = set()
         self.reconcile()
 
     # --- the world: apply the planner's actions as real processes would ---------------
@@ -66,11 +80,23 @@ class PoolModel(RuleBasedStateMachine):
     def reconcile(self) -> None:
         """Plan until nothing is left to do, as the engine does after every event."""
         for _ in range(50):
+            before = self.state
             result = planner.plan(self.state, self.now)
             self.state = result.state
             if not result.actions:
                 return
             for action in result.actions:
+                if isinstance(action, planner.Stop):
+                    proc = before.proc(action.pid)
+                    if proc is not None and proc.slot < 0:
+                        timed_out = (
+                            proc.phase is Phase.STARTING
+                            and self.now >= proc.started + READY_TIMEOUT
+                        )
+                        allowed = (
+                            self.shutdown_began or action.pid in self.end_requested or timed_out
+                        )
+                        self.stopped_sessions.append((action.pid, allowed))
                 self.apply(action)
         raise AssertionError("the planner never settles")
 
@@ -80,6 +106,8 @@ class PoolModel(RuleBasedStateMachine):
                 self.started_after_shutdown = True
             pid = self.next_pid
             self.next_pid += 1
+            if action.slot < 0:
+                self.bursting.add(pid)
             event = planner.Started(pid, action.slot, action.lane, action.generation, self.now)
             self.state, _ = planner.observe(self.state, event)
         elif isinstance(action, planner.Stop):
@@ -182,7 +210,53 @@ class PoolModel(RuleBasedStateMachine):
     def second_term(self) -> None:
         self.step(planner.Force(self.now), may_lose_capacity=True)
 
+    # --- session mode --------------------------------------------------------------------
+
+    @precondition(
+        lambda self: self.session_mode and any(p.phase is Phase.READY for p in self.state.procs)
+    )
+    @rule(data=st.data())
+    def a_session_takes_a_warm_process(self, data: st.DataObject) -> None:
+        proc = data.draw(st.sampled_from(self.procs(Phase.READY)))
+        self.step(planner.Taken(proc.pid, self.now), may_lose_capacity=True)
+        assert self.state.proc(proc.pid).slot == -1  # type: ignore[union-attr]
+
+    @precondition(lambda self: self.session_mode)
+    @rule()
+    def a_session_waits_for_a_process(self) -> None:
+        before = {p.pid for p in self.state.sessions}
+        self.step(planner.Burst(self.now), may_lose_capacity=False)
+        started = [p for p in self.state.sessions if p.pid not in before]
+        assert len(started) == (1 if self.state.accepting else 0)
+
+    @precondition(lambda self: bool(self.state.sessions))
+    @rule(data=st.data())
+    def a_session_is_stopped(self, data: st.DataObject) -> None:
+        proc = data.draw(st.sampled_from(self.state.sessions))
+        self.end_requested.add(proc.pid)
+        self.step(planner.EndSession(proc.pid, self.now), may_lose_capacity=False)
+
+    @precondition(lambda self: bool(self.state.sessions))
+    @rule(data=st.data(), code=st.sampled_from([0, 1]))
+    def a_session_ends(self, data: st.DataObject, code: int) -> None:
+        proc = data.draw(st.sampled_from(self.state.sessions))
+        self.step(planner.Exited(proc.pid, code, self.now, 0.5), may_lose_capacity=False)
+
     # --- invariants ----------------------------------------------------------------------
+
+    @invariant()
+    def a_running_session_is_stopped_only_when_asked_or_at_shutdown(self) -> None:
+        assert all(allowed for _, allowed in self.stopped_sessions), self.stopped_sessions
+
+    @invariant()
+    def an_empty_slot_is_refilled_at_once(self) -> None:
+        if not self.state.accepting:
+            return
+        for slot in self.state.slots:
+            if slot.fate is SlotFate.ACTIVE and slot.restart_at is None and not slot.handover:
+                assert any(
+                    p.slot == slot.index and p.phase is not Phase.STOPPING for p in self.state.procs
+                ), slot
 
     @invariant()
     def nothing_starts_after_shutdown(self) -> None:
@@ -190,11 +264,12 @@ class PoolModel(RuleBasedStateMachine):
 
     @invariant()
     def one_stop_signal_per_process(self) -> None:
+        """At most one stop signal per process (the second would make LiveKit drop calls)."""
         assert all(count == 1 for count in self.stops.values()), self.stops
 
     @invariant()
     def no_process_outlives_its_drain_deadline(self) -> None:
-        for proc in self.state.procs:
+        for proc in self.state.every_proc():
             if proc.stop_deadline is not None:
                 assert self.now < proc.stop_deadline
 
@@ -233,10 +308,10 @@ class PoolModel(RuleBasedStateMachine):
     @invariant()
     def shutdown_ends_once_the_last_process_is_gone(self) -> None:
         if self.shutdown_began:
-            assert bool(self.finished) == (not self.state.procs)
+            assert bool(self.finished) == (not self.state.every_proc())
         assert len(self.finished) <= 1
         if self.finished:
-            assert not self.state.procs
+            assert not self.state.every_proc()
 
     @invariant()
     def a_plan_is_stable(self) -> None:

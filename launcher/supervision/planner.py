@@ -17,7 +17,11 @@ Vocabulary:
   to it, `surge` slots at a time, ready-first (or stop-first when surge is 0);
 - a *candidate* is a process of the target started for a slot that is not committed to it;
 - a *lane* picks the process's port: a candidate never takes a lane (so never a port or a
-  readiness target) that another live process of its slot holds.
+  readiness target) that another live process of its slot holds;
+- in session mode the slots are the warm (idle) processes; a process *taken* for a session
+  leaves its slot (which is refilled at once) and joins `sessions`, where rollouts never
+  touch it: it ends when its session does, or is stopped by a request or by shutdown. A
+  *burst* start is a process started for a waiting session when no warm one is ready.
 """
 
 from __future__ import annotations
@@ -60,6 +64,9 @@ class Settings:
     failed_grace: float = 10.0  # drain allowed to a process that never became ready
     watchdog: float | None = None  # seconds between WATCHDOG=1 pings, for ready processes
     exec_like: bool = False  # --workers 1 --restart never: the child's code is ours
+    # Session mode, at shutdown: a running session may finish within the drain; then it gets
+    # the stop signal (which cancels its entrypoint) and this long before SIGKILL.
+    session_grace: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,8 @@ class Proc:
     last_ping: float
     stop_deadline: float | None = None  # SIGKILL of the group when this passes
     killed: bool = False
+    stop_wanted: bool = False  # a session asked to end (DELETE /sessions/{id})
+    stop_at: float | None = None  # shutdown: a running session gets the stop signal then
 
 
 @dataclass(frozen=True)
@@ -110,9 +119,15 @@ class PoolState:
     rollout: Rollout = Rollout()
     exit_code: int | None = None  # set once the pool is finished
     killed_in_shutdown: bool = False
+    sessions: tuple[Proc, ...] = ()  # taken for a session: out of the slots for good
+    bursts: int = 0  # burst starts asked for and not started yet
 
     def proc(self, pid: int) -> Proc | None:
-        return next((p for p in self.procs if p.pid == pid), None)
+        found = next((p for p in self.procs if p.pid == pid), None)
+        return found or next((p for p in self.sessions if p.pid == pid), None)
+
+    def every_proc(self) -> tuple[Proc, ...]:
+        return (*self.procs, *self.sessions)
 
 
 def initial(settings: Settings, generation: int) -> PoolState:
@@ -169,6 +184,23 @@ class Exited:
 
 
 @dataclass(frozen=True)
+class Taken:
+    pid: int  # a ready warm process was handed a session
+    now: float
+
+
+@dataclass(frozen=True)
+class Burst:
+    now: float  # a session waits and no warm process is ready: start one for it
+
+
+@dataclass(frozen=True)
+class EndSession:
+    pid: int  # stop this session's process (the stop signal once, then the drain deadline)
+    now: float
+
+
+@dataclass(frozen=True)
 class NewTarget:
     generation: int  # a new version (or a SIGHUP) to roll out
     now: float
@@ -184,7 +216,20 @@ class Force:
     now: float  # a second TERM/INT
 
 
-Event = Started | StartFailed | Ready | Ping | Stopping | Exited | NewTarget | Shutdown | Force
+Event = (
+    Started
+    | StartFailed
+    | Ready
+    | Ping
+    | Stopping
+    | Exited
+    | Taken
+    | Burst
+    | EndSession
+    | NewTarget
+    | Shutdown
+    | Force
+)
 
 # --- actions ------------------------------------------------------------------------------
 
@@ -241,6 +286,27 @@ class Plan:
 def observe(state: PoolState, event: Event) -> tuple[PoolState, Notes]:
     """The state after `event`; never starts or stops anything (plan() does)."""
     notes = Notes()
+    if isinstance(event, Started) and event.slot < 0:
+        burst = Proc(event.pid, -1, 0, event.generation, Phase.STARTING, event.now, event.now)
+        bursts = max(0, state.bursts - 1)
+        return replace(state, sessions=(*state.sessions, burst), bursts=bursts), notes
+    if isinstance(event, Taken):
+        taken = next((p for p in state.procs if p.pid == event.pid), None)
+        if taken is None or taken.phase is not Phase.READY:
+            return state, notes
+        # It leaves its slot, which is refilled at once (no crash, no backoff).
+        procs = tuple(p for p in state.procs if p.pid != event.pid)
+        taken = replace(taken, slot=-1)
+        return replace(state, procs=procs, sessions=(*state.sessions, taken)), notes
+    if isinstance(event, Burst):
+        if not state.accepting:
+            return state, notes
+        return replace(state, bursts=state.bursts + 1), notes
+    if isinstance(event, EndSession):
+        found = next((p for p in state.sessions if p.pid == event.pid), None)
+        if found is None:
+            return state, notes
+        return _with_proc(state, replace(found, stop_wanted=True)), notes
     if isinstance(event, Started):
         proc = Proc(
             pid=event.pid,
@@ -271,6 +337,8 @@ def observe(state: PoolState, event: Event) -> tuple[PoolState, Notes]:
         # starts must not multiply processes.
         deadline = event.now + state.settings.drain_timeout
         state = _with_proc(state, replace(found, phase=Phase.STOPPING, stop_deadline=deadline))
+        if found.slot < 0:
+            return state, notes  # a session's process: nothing to refill
         slot = state.slots[found.slot]
         if (
             found.generation != slot.generation
@@ -286,6 +354,8 @@ def observe(state: PoolState, event: Event) -> tuple[PoolState, Notes]:
         return _with_slot(state, slot), notes
     if isinstance(event, Exited):
         return _exited(state, event)
+    if isinstance(event, StartFailed) and event.slot < 0:
+        return replace(state, bursts=max(0, state.bursts - 1)), notes
     if isinstance(event, StartFailed):
         slot = state.slots[event.slot]
         if event.generation != slot.generation:
@@ -297,14 +367,18 @@ def observe(state: PoolState, event: Event) -> tuple[PoolState, Notes]:
             return state, notes
         return replace(state, target=event.generation), notes
     if isinstance(event, Shutdown):
-        return replace(state, accepting=False), notes
+        return replace(state, accepting=False, bursts=0), notes
     if isinstance(event, Force):
-        return replace(state, accepting=False, forced=True), notes
+        return replace(state, accepting=False, forced=True, bursts=0), notes
     raise TypeError(f"unknown event {event!r}")
 
 
 def _with_proc(state: PoolState, proc: Proc) -> PoolState:
-    return replace(state, procs=tuple(proc if p.pid == proc.pid else p for p in state.procs))
+    return replace(
+        state,
+        procs=tuple(proc if p.pid == proc.pid else p for p in state.procs),
+        sessions=tuple(proc if p.pid == proc.pid else p for p in state.sessions),
+    )
 
 
 def _with_slot(state: PoolState, slot: Slot) -> PoolState:
@@ -312,6 +386,10 @@ def _with_slot(state: PoolState, slot: Slot) -> PoolState:
 
 
 def _exited(state: PoolState, event: Exited) -> tuple[PoolState, Notes]:
+    if any(p.pid == event.pid for p in state.sessions):
+        # A session's process: its session ended (or it failed to start). Nothing to refill.
+        sessions = tuple(p for p in state.sessions if p.pid != event.pid)
+        return replace(state, sessions=sessions), Notes()
     proc = state.proc(event.pid)
     if proc is None:
         return state, Notes()  # an orphan, or a process already accounted for
@@ -378,7 +456,7 @@ def plan(state: PoolState, now: float) -> Plan:
 
     # 1. Deadlines, whatever else happens: a process past its drain deadline, a forced
     #    shutdown, a starting process past --ready-timeout, a silent watchdog.
-    for proc in state.procs:
+    for proc in state.every_proc():
         if proc.killed:
             continue
         if state.forced:
@@ -396,13 +474,15 @@ def plan(state: PoolState, now: float) -> Plan:
         state = _with_proc(state, replace(proc, killed=True))
         if state.forced:
             state = replace(state, killed_in_shutdown=True)
-    for proc in state.procs:
+    for proc in state.every_proc():
         if proc.phase is Phase.STARTING and now >= proc.started + settings.ready_timeout:
             # Never ready in time: stop it (a short drain: it took no work). A candidate's
             # miss aborts the rollout; a slot's own worker is restarted when it has exited.
             state, stops = _stop(state, proc, now, settings.failed_grace)
             actions.extend(stops)
             notes = replace(notes, not_ready=(*notes.not_ready, proc.pid))
+            if proc.slot < 0:
+                continue  # a burst start: its waiting session is told by its exit
             slot = state.slots[proc.slot]
             if proc.generation != slot.generation:
                 if proc.generation == state.target:
@@ -416,19 +496,36 @@ def plan(state: PoolState, now: float) -> Plan:
                 state, more = _crashed(state, slot, 1, 0.0, now, _jitter(proc.pid))
                 notes = _merge(notes, more)
 
-    # 2. Shutdown: every live process gets the stop signal once; nothing new starts.
+    # 2. Sessions asked to end get the stop signal once and their drain deadline; at
+    #    shutdown, a running session gets it when the drain is over.
+    for proc in state.sessions:
+        if proc.stop_wanted:
+            state, stops = _stop(state, proc, now, settings.drain_timeout)
+            actions.extend(stops)
+        elif proc.stop_at is not None and now >= proc.stop_at:
+            state, stops = _stop(state, proc, now, settings.session_grace)
+            actions.extend(stops)
+
+    # 3. Shutdown: every live process gets the stop signal once (a running session: after
+    #    the drain, above); nothing new starts.
     if not state.accepting:
-        for proc in state.procs:
-            if proc.phase is not Phase.STOPPING:
-                state, stops = _stop(state, proc, now, settings.drain_timeout)
-                actions.extend(stops)
-        if not state.procs and state.exit_code is None:
+        for proc in state.every_proc():
+            if proc.phase is Phase.STOPPING:
+                continue
+            if proc.slot < 0 and proc.phase is Phase.READY:
+                if proc.stop_at is None:
+                    stop_at = now + settings.drain_timeout
+                    state = _with_proc(state, replace(proc, stop_at=stop_at))
+                continue
+            state, stops = _stop(state, proc, now, settings.drain_timeout)
+            actions.extend(stops)
+        if not state.every_proc() and state.exit_code is None:
             code = _shutdown_code(state)
             state = replace(state, exit_code=code)
             actions.append(Finish(code))
         return Plan(state, tuple(actions), notes, _next_deadline(state))
 
-    # 3. Candidates of a superseded target go (the newest target wins).
+    # 4. Candidates of a superseded target go (the newest target wins).
     for proc in state.procs:
         slot = state.slots[proc.slot]
         candidate = proc.generation != slot.generation
@@ -444,7 +541,7 @@ def plan(state: PoolState, now: float) -> Plan:
             state, stops = _stop(state, proc, now, settings.failed_grace)
             actions.extend(stops)
 
-    # 4. A ready candidate is committed: its slot moves to the target, the old worker drains.
+    # 5. A ready candidate is committed: its slot moves to the target, the old worker drains.
     for proc in state.procs:
         slot = state.slots[proc.slot]
         if proc.phase is Phase.READY and proc.generation == state.target != slot.generation:
@@ -462,13 +559,13 @@ def plan(state: PoolState, now: float) -> Plan:
                     state, stops = _stop(state, old, now, settings.drain_timeout)
                     actions.extend(stops)
 
-    # 5. Rollout bookkeeping: begun when some slot is behind the target, done when none is.
+    # 6. Rollout bookkeeping: begun when some slot is behind the target, done when none is.
     state, started, finished = _rollout_progress(state, now)
     notes = replace(
         notes, rollout_started=started, rollout_finished=notes.rollout_finished or finished
     )
 
-    # 6. Empty slots are filled: at once after a commit or handover, after the backoff
+    # 7. Empty slots are filled: at once after a commit or handover, after the backoff
     #    after a crash.
     for slot in state.slots:
         if slot.fate is not SlotFate.ACTIVE:
@@ -493,13 +590,22 @@ def plan(state: PoolState, now: float) -> Plan:
             state = _with_slot(state, slot)
         actions.append(Start(slot.index, _free_lane(state, slot.index), slot.generation))
 
-    # 7. The rollout advances: `surge` slots at a time, in slot order.
+    # 8. A session that waits for a process gets one started for it, on the newest good
+    #    generation (read-after-write), unless that generation was refused.
+    good = state.target if state.failed != state.target else _newest_committed(state)
+    actions.extend(Start(-1, 0, good) for _ in range(state.bursts))
+
+    # 9. The rollout advances: `surge` slots at a time, in slot order.
     if state.target != state.failed:
         state, advancing = _advance(state, now, actions)
         actions.extend(advancing)
 
-    # 8. Every slot ended (policy or give-up) and nothing runs: the pool is finished.
-    if all(s.fate is not SlotFate.ACTIVE for s in state.slots) and state.exit_code is None:
+    # 10. Every slot ended (policy or give-up) and nothing runs: the pool is finished.
+    if (
+        state.slots
+        and all(s.fate is not SlotFate.ACTIVE for s in state.slots)
+        and state.exit_code is None
+    ):
         # Workers still draining are stopped like a shutdown, then the pool ends.
         for proc in state.procs:
             if proc.phase is not Phase.STOPPING:
@@ -510,6 +616,11 @@ def plan(state: PoolState, now: float) -> Plan:
             state = replace(state, exit_code=code)
             actions.append(Finish(code))
     return Plan(state, tuple(actions), notes, _next_deadline(state))
+
+
+def _newest_committed(state: PoolState) -> int:
+    active = [s.generation for s in state.slots if s.fate is SlotFate.ACTIVE]
+    return max(active) if active else state.target
 
 
 def _stop(state: PoolState, proc: Proc, now: float, grace: float) -> tuple[PoolState, list[Action]]:
@@ -605,11 +716,13 @@ def _advance(state: PoolState, now: float, planned: list[Action]) -> tuple[PoolS
 
 def _next_deadline(state: PoolState) -> float | None:
     times: list[float] = []
-    for proc in state.procs:
+    for proc in state.every_proc():
         if proc.killed:
             continue
         if proc.stop_deadline is not None:
             times.append(proc.stop_deadline)
+        elif proc.stop_at is not None:
+            times.append(proc.stop_at)
         elif proc.phase is Phase.STARTING:
             times.append(proc.started + state.settings.ready_timeout)
         elif proc.phase is Phase.READY and state.settings.watchdog:
