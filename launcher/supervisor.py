@@ -11,15 +11,12 @@ earlier).
 
 from __future__ import annotations
 
-import os
-import signal
 import sys
 from collections.abc import Callable, Hashable
 
 from launcher import signals
 from launcher.config import RunConfig
 from launcher.environment import EnvironmentLayers
-from launcher.process import reaper
 from launcher.process import worker as process
 from launcher.process.notify_socket import NotifySocket
 from launcher.process.output import Masker
@@ -108,136 +105,64 @@ async def _main(
     masker: Masker | None,
     health_socket: Any,
 ) -> int:
-    import anyio
-
+    from launcher import host
     from launcher.ops import logs
-    from launcher.ops.status import StatusBoard, as_dict
+    from launcher.process.containment import current as containment
     from launcher.supervision.engine import Engine
 
     config = plan.config
     log = logs.configure(config.log_format, masker or Masker(()))
-    from launcher.process.containment import current as containment
-
     log("containment", mode=containment().mode, detail=containment().detail)
     engine = Engine(config, plan.layers, spec, factory, log)
     for index, worker in enumerate(early):
         engine.adopt(worker, index)
         log("worker_started", slot=index, pid=worker.pid, version=worker.version, port=worker.port)
-    board = StatusBoard()
-    engine.on_change = lambda: board.publish(engine.status(plan.name, plan.secret_set))
+    mode = WorkerMode(plan, engine, masker)
+    return await host.run(plan, mode, log, health_socket=health_socket, notify=notify)
 
-    def reload_layers() -> EnvironmentLayers:
-        layers, values = plan.reload()
-        if masker is not None:
-            masker.add(values)
+
+class WorkerMode:
+    """Worker mode on the host: the engine's slots are the workers; a reload is a rollout."""
+
+    def __init__(self, plan: Plan, engine: Any, masker: Masker | None) -> None:
+        self.plan = plan
+        self.engine = engine
+        self.masker = masker
+
+    def load(self) -> EnvironmentLayers:
+        layers, values = self.plan.reload()
+        if self.masker is not None:
+            self.masker.add(values)
         return layers
 
-    stopping = False
-    systemd = None
-    if os.environ.get("NOTIFY_SOCKET"):
-        from launcher.ops.systemd import SystemdNotifier
+    async def serve(self, tg: Any) -> None:
+        pass  # workers serve on their own
 
-        systemd = SystemdNotifier()
-        board.subscribe(systemd.observe)
+    def pool_status(self) -> Any:
+        return self.engine.status(self.plan.name, self.plan.secret_set)
 
-    async with anyio.create_task_group() as tg:
-        engine_done = anyio.Event()
-        code = 0
+    def control_status(self) -> dict[str, object]:
+        from launcher.ops.status import as_dict
 
-        async def drive() -> None:
-            nonlocal code
-            code = await engine.run(reload_layers)
-            engine_done.set()
-            tg.cancel_scope.cancel()
+        data = as_dict(self.pool_status())
+        data["mode"] = "workers"
+        return data
 
-        tg.start_soon(drive)
-        tg.start_soon(notify.serve, engine.notified)
-        if config.watch and plan.watch_dir is not None and plan.fingerprint is not None:
-            tg.start_soon(_watch_store, plan, engine, log)
-        if plan.code_dir is not None:
-            tg.start_soon(_watch_code, plan.code_dir, engine, log)
-        if plan.run_dir is not None:
-            tg.start_soon(_serve_control, plan, board, engine, log, as_dict)
-        if health_socket is not None:
-            from launcher.ops.health import create_app
-            from launcher.ops.http_server import serve_asgi
-            from launcher.ops.metrics import Metrics
+    def control_extra(self) -> dict[str, Any]:
+        return {}
 
-            metrics = Metrics(lambda: board.current)
-            board.subscribe(metrics.observe)
-            app = create_app(lambda: board.current, metrics, lambda: stopping)
-            address = await tg.start(serve_asgi, app, health_socket)
-            log("health_listening", address=f"{address[0]}:{address[1]}")
-        if systemd is not None:
-            from launcher.ops.systemd import ping_watchdog, watchdog_interval
-
-            interval = watchdog_interval()
-            if interval:
-                tg.start_soon(ping_watchdog, interval)
-
-        async for signum in signals.receive():
-            if signum == signal.SIGCHLD:
-                engine.reap()
-            elif signum in (signal.SIGTERM, signal.SIGINT):
-                if stopping:
-                    log("shutdown_forced", level="warning")
-                    engine.force()  # a second TERM/INT: no more waiting
-                else:
-                    stopping = True
-                    log(
-                        "signal_received",
-                        signal=signal.Signals(signum).name,
-                        action="drain",
-                        drain_timeout=config.drain_timeout,
-                    )
-                    if systemd is not None:
-                        systemd.stopping()
-                    engine.shutdown()
-            elif signum == signal.SIGHUP:
-                engine.request("SIGHUP")
-            elif signum in (signal.SIGUSR1, signal.SIGUSR2):
-                engine.forward(signum)
-    reaper.reap_remaining(timeout=2.0)
-    return code
-
-
-async def _watch_store(plan: Plan, engine: Any, log: Any) -> None:
-    from launcher.watch import fingerprints
-
-    assert plan.watch_dir is not None and plan.fingerprint is not None
-    if not os.path.isdir(plan.watch_dir):
-        log("watch_skipped", reason=f"{plan.watch_dir} does not exist", level="warning")
-        return
-    async for value in fingerprints(plan.watch_dir, plan.fingerprint, plan.initial_fingerprint):
-        log("store_changed", fingerprint=str(value))
-        engine.request("store changed")
-
-
-async def _watch_code(directory: Path, engine: Any, log: Any) -> None:
-    from launcher.watch import code_changes
-
-    async for files in code_changes(directory):
-        log("code_changed", files=",".join(files[:5]))
-        engine.request("code changed")
-
-
-async def _serve_control(plan: Plan, board: Any, engine: Any, log: Any, as_dict: Any) -> None:
-    from pathlib import Path
-
-    import anyio
-
-    from launcher.errors import LauncherError
-    from launcher.ops import control
-
-    async def reload() -> dict[str, object]:
-        result: dict[str, object] = await engine.request_and_wait("agent-run reload")
+    async def reload(self, reason: str) -> dict[str, object]:
+        result: dict[str, object] = await self.engine.request_and_wait(reason)
         return result
 
-    handlers = control.Handlers(status=lambda: as_dict(board.current), reload=reload)
-    assert plan.run_dir is not None
-    try:
-        async with control.serving(Path(plan.run_dir), plan.name, handlers) as path:
-            log("control_listening", path=str(path))
-            await anyio.sleep_forever()
-    except (LauncherError, OSError) as error:
-        log("control_unavailable", reason=str(error), level="warning")
+    def store_changed(self) -> None:
+        self.engine.request("store changed")
+
+    def code_changed(self) -> None:
+        self.engine.request("code changed")
+
+    def shutting_down(self) -> None:
+        pass
+
+    def sessions_active(self) -> int | None:
+        return None

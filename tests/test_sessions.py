@@ -224,9 +224,12 @@ def test_watch_refreshes_idle_processes(serve: Callable[..., Server], cli: CLI) 
     server.imported(1)
     assert cli("secrets", "set", "demo", "DEMO_API_KEY=value-2").returncode == 0
     updated = server.launcher.wait_event("sessions_secrets_updated")
-    assert updated["to_version"] == 2 and updated["retired_idle"] == 1
+    assert updated["to_version"] == 2
+    # The idle process is replaced ready-first, as a worker is in a rollout.
+    server.launcher.wait_event("rollout_succeeded")
     server.imported(2)
     answer = server.post({}).json()
+    assert answer["warm"] is True
     assert server.file(f"{answer['id']}.json")["key_sha256"] == sha("value-2")
 
 

@@ -2,19 +2,24 @@
 
 A target that defines `bot` (Pipecat's `async def bot(runner_args)`), or names a function with
 `--entrypoint`, is not run as a pool of workers. `--idle N` processes import it ahead of time
-(warm_pool.py, runtime.py) and wait; `POST /sessions` (session_api.py) hands the request's
-JSON to one of them, which runs the entrypoint and exits when the session ends. One process
-per session, each in its own process group: nothing leaks between sessions.
+(warm_pool.py, runtime.py) and wait; `POST /sessions` (api.py) hands the request's JSON to one
+of them, which runs the entrypoint and exits when the session ends. One process per session,
+each in its own process group: nothing leaks between sessions.
+
+The processes are the engine's, as workers are (supervision/engine.py): the warm ones are its
+slots, kept filled and replaced ready-first when a new version arrives; a process taken for a
+session leaves its slot for good, and no rollout touches it. This module is the session table
+and the dispatcher; host.py runs it beside the same signals, watches and endpoints as workers.
 
 Read-after-write: every dispatch re-reads the store's fingerprint (the bound set's version and
 the platform file's, from plaintext headers: no decryption, a few tens of microseconds) and
-compares it with the one the warm processes were started with. If the store is newer, the new
-version is decrypted, the idle processes retire, and the session starts in a process with the
-new values — a cold start for that one request. So a session requested after `secrets set`
-returned always sees the new values; the guarantee does not depend on the file watch, which
-only refreshes the idle processes early so the next session is warm too. A version that fails
-to decrypt is logged and sessions keep starting on the last good one (a bad update never takes
-the service down); it is retried when the store changes again.
+compares it with the one the current target was made from. If the store is newer, the new
+version is decrypted and becomes the target, and the session waits for a process of it (a
+warm one when the watch was quicker than the request, else one started for it). So a session
+requested after `secrets set` returned always sees the new values; the guarantee does not
+depend on the file watch, which only refreshes the idle processes early so the next session
+is warm too. A version that fails to decrypt is logged and sessions keep starting on the last
+good one (a bad update never takes the service down); it is retried when the store changes.
 
 Shutdown (TERM/INT): new sessions get 503, idle processes retire, running sessions may finish
 within `--drain-timeout`; then each gets the stop signal once and, STOP_GRACE_S later, its
@@ -24,7 +29,7 @@ process group is SIGKILLed. A second TERM/INT skips the waiting.
 from __future__ import annotations
 
 import os
-import signal
+import sys
 import time
 import uuid
 from collections import OrderedDict
@@ -34,17 +39,17 @@ from typing import TYPE_CHECKING, Any
 from launcher.errors import LauncherError
 from launcher.sessions.api import RETRY_AFTER_S, Refused
 from launcher.sessions.entrypoint import Entrypoint, find_entrypoint
-from launcher.sessions.warm_pool import StartFailed, WarmPool, WarmProcess
+from launcher.sessions.warm_pool import StartFailed, WarmProcess, WarmProcessFactory
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     import anyio
     import anyio.abc
 
+    from launcher.environment import EnvironmentLayers
     from launcher.ops.metrics import Metrics
     from launcher.ops.status import PoolStatus
     from launcher.process.output import Masker
+    from launcher.process.worker import Worker
     from launcher.supervisor import Plan
 
 __all__ = ["Entrypoint", "SessionRuntime", "find_entrypoint", "serve"]
@@ -90,36 +95,229 @@ class Session:
 
 
 class SessionRuntime:
-    """The session table, the dispatcher (with the read-after-write check) and shutdown."""
+    """The session table, the dispatcher (with the read-after-write check), and the session
+    mode's face to the host (`host.Mode`)."""
 
-    def __init__(self, plan: Plan, entry: Entrypoint, masker: Masker | None, log: Any) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        entry: Entrypoint,
+        masker: Masker | None,
+        log: Any,
+        listener: Any = None,
+    ) -> None:
         import anyio
 
+        from launcher.config import RestartPolicy
+        from launcher.process.readiness import ReadySpec
+        from launcher.supervision import planner
+        from launcher.supervision.engine import Engine
+
         self.plan = plan
-        self.config = plan.config
+        self.config = config = plan.config
         self.entry = entry
         self.masker = masker
         self.log = log
-        self.pool = WarmPool(plan.config, entry, plan.layers, masker, log)
-        self.pool.on_exit = self._process_exited
+        self.listener = listener
+        self.factory = WarmProcessFactory(config, entry, masker)
+        settings = planner.Settings(
+            size=config.idle,
+            surge=max(config.idle, 1),  # idle processes serve nothing: replace them all at once
+            restart=RestartPolicy.ALWAYS,
+            ready_timeout=config.ready_timeout,
+            drain_timeout=config.drain_timeout,
+            failed_grace=STOP_GRACE_S,
+            session_grace=STOP_GRACE_S,
+        )
+        self.engine = Engine(
+            config, plan.layers, ReadySpec("channel"), self.factory, log, settings=settings
+        )
+        self.engine.on_spawned = self._spawned
+        self.engine.on_exited = self._exited
+        self.engine.stop_process = self._stop_process
         self.fingerprint: Hashable = plan.initial_fingerprint
         self._failed_fingerprint: Hashable = None
         self.sessions: OrderedDict[str, Session] = OrderedDict()
         self.draining = False
         self.metrics: Metrics | None = None
+        self.ever_ready = False
+        self.import_failures = 0  # warm processes in a row that died before they were ready
         self._starting = 0  # admitted, not yet in the table
+        self._deferred = 0  # starts whose refill waits for the answer (after_start)
+        self._claimed: set[int] = set()  # warming processes a waiting session watches
+        self.draining_sessions: list[Session] = []  # running when shutdown began
         self._lock = anyio.Lock()
-        self._exited = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
 
-    def start_pool(self, tg: anyio.abc.TaskGroup) -> None:
+    # --- the engine's hooks ---------------------------------------------------------------
+
+    def _spawned(self, worker: Worker) -> None:
+        warm = self.factory.processes[worker.pid]
+
+        def ready() -> None:
+            self.ever_ready = True
+            self.import_failures = 0
+            self.engine.ready(worker)
+
+        warm.on_ready = ready
+        assert self._tg is not None
+        self._tg.start_soon(warm.read_messages)
+
+    def _exited(self, worker: Worker) -> None:
+        warm = self.factory.processes.pop(worker.pid, None)
+        if warm is None:
+            return
+        if warm.session is not None:
+            self._ended(warm.session)
+        elif not warm.ready.is_set() and not worker.stop_sent:
+            self.import_failures += 1
+            self.log(
+                "session_process_failed",
+                pid=worker.pid,
+                code=worker.exit_code,
+                entrypoint=str(self.entry),
+                level="error",
+            )
+        if not warm.channel.fileno() < 0:
+            warm.channel.close()
+
+    def _stop_process(self, worker: Worker, session: bool) -> None:
+        warm = self.factory.processes.get(worker.pid)
+        if warm is None or (session and warm.session is not None):
+            if warm is not None and warm.session is not None and warm.session.active:
+                warm.session.state = "stopping"
+            worker.stop(self.config.stop_signal)  # a session: its entrypoint is cancelled
+        else:
+            warm.retire()  # an idle process: close its channel, it exits at once
+
+    # --- host.Mode ------------------------------------------------------------------------
+
+    def load(self) -> EnvironmentLayers:
+        layers, values = self.plan.reload()
+        if self.masker is not None:
+            self.masker.add(values)
+        return layers
+
+    async def serve(self, tg: anyio.abc.TaskGroup) -> None:
+        from launcher.ops.http_server import serve_asgi
+        from launcher.sessions.api import create_app
+
         self._tg = tg
-        self.pool.start(tg)
+        if self.listener is None:
+            return
+        address = await tg.start(serve_asgi, create_app(self), self.listener)
+        self.log(
+            "sessions_listening",
+            address=f"{address[0]}:{address[1]}",
+            entrypoint=str(self.entry),
+            idle=self.config.idle,
+            max_sessions=self.config.max_sessions,
+            version=self.version,
+        )
+
+    @property
+    def version(self) -> int | None:
+        """The version a session started now runs."""
+        layers = self.engine.generations.get(self.engine.wanted_generation())
+        return layers.secrets_version if layers is not None else None
+
+    def pool_status(self) -> PoolStatus:
+        """For /healthz, /readyz, metrics and systemd: ready while sessions can start.
+
+        The idle processes themselves would make readiness flap on every session (a
+        replacement is warming for a moment), so readiness means: not draining, the agent
+        imported successfully at least once, and the last process did not fail to import.
+        """
+        from launcher.ops.status import PoolStatus, WorkerState, WorkerStatus
+
+        ok = self.ever_ready and self.import_failures == 0 and not self.draining
+        state = WorkerState.READY if ok else WorkerState.STARTING
+        # Failed imports count as restarts, so /healthz sees an agent that cannot start.
+        slot = WorkerStatus(0, os.getpid(), state, self.version, restarts=self.import_failures)
+        return PoolStatus(
+            name=self.plan.name,
+            pid=os.getpid(),
+            secret_set=self.plan.secret_set,
+            version=self.version,
+            workers=(slot,),
+        )
+
+    def control_status(self) -> dict[str, object]:
+        """Session mode's own shape: the warm processes and the sessions, no slots."""
+        from launcher.supervision.planner import Phase
+
+        warm = []
+        for proc in self.engine.state.procs:
+            worker = self.engine.workers.get(proc.pid)
+            state = {Phase.STARTING: "warming", Phase.READY: "warm"}.get(proc.phase, "retiring")
+            warm.append(
+                {
+                    "pid": proc.pid,
+                    "state": state,
+                    "version": worker.version if worker is not None else None,
+                    "started_at": worker.started_at if worker is not None else None,
+                }
+            )
+        rollout = self.engine.status(self.plan.name, self.plan.secret_set).rollout
+        return {
+            "mode": "sessions",
+            "name": self.plan.name,
+            "pid": os.getpid(),
+            "secret_set": self.plan.secret_set,
+            "version": self.version,
+            "draining": self.draining,
+            "idle": self.config.idle,
+            "max_sessions": self.config.max_sessions,
+            "warm": warm,
+            "sessions_active": self.active(),
+            "sessions": [s.as_dict() for s in self.sessions.values() if s.active],
+            "rollout": {"state": rollout.state.value, "reason": rollout.reason},
+        }
+
+    def control_extra(self) -> dict[str, Any]:
+        return {"sessions": self.control}
+
+    async def reload(self, reason: str = "reload") -> dict[str, Any]:
+        """`agent-run reload`, SIGHUP, a code change: new processes for new sessions."""
+        old = self.version
+        try:
+            await self.refresh(force=True, reason=reason)
+        except LauncherError as error:
+            return {"ok": False, "result": "aborted", "error": error.message}
+        return {
+            "ok": True,
+            "result": "succeeded",
+            "message": f"idle session processes replaced (v{old} -> v{self.version})",
+        }
+
+    def store_changed(self) -> None:
+        # Only an optimisation: the next session would be a cold start otherwise (dispatch
+        # checks the version itself).
+        if not self.draining and self._tg is not None:
+            self._tg.start_soon(self.refresh)
+
+    def code_changed(self) -> None:
+        # `agent-run dev`: idle processes imported the old code; running sessions finish on
+        # the code they started with, as they do on the secrets they started with.
+        if not self.draining and self._tg is not None:
+            self._tg.start_soon(self.reload, "code_changed")
+
+    def shutting_down(self) -> None:
+        self.draining = True
+        self.draining_sessions = [s for s in self.sessions.values() if s.active]
+        self.log(
+            "sessions_draining",
+            active=self.active(),
+            drain_timeout=self.config.drain_timeout,
+        )
+
+    def sessions_active(self) -> int | None:
+        return self.active()
 
     # --- read-after-write ----------------------------------------------------------------
 
     async def refresh(self, force: bool = False, reason: str = "reload") -> bool:
-        """Follow the store before a process is handed out; True when a new generation began.
+        """Follow the store before a process is handed out; True when a new target began.
 
         `reason` says why a forced refresh replaced the idle processes when the secrets
         version did not move (`reload`, `code_changed`): that is not a secrets update."""
@@ -133,9 +331,9 @@ class SessionRuntime:
             current = fingerprint() if fingerprint is not None else None
             if not force and current == self.fingerprint:
                 return False  # another request did it while we waited
-            old = self.pool.version
+            old = self.version
             try:
-                layers, values = self.plan.reload()
+                layers = self.load()
             except LauncherError as error:
                 self._failed_fingerprint = current
                 self.log(
@@ -147,20 +345,15 @@ class SessionRuntime:
                 if force:
                     raise
                 return False
-            if self.masker is not None:
-                self.masker.add(values)
             # The fingerprint read *before* the reload: a write landing during it makes the
             # next dispatch reload again rather than be missed.
             previous, self.fingerprint = self.fingerprint, current
-            retired = self.pool.new_generation(layers)
+            self.engine.new_target(layers)
             if layers.secrets_version == old and current == previous:
-                self.log("sessions_idle_replaced", reason=reason, version=old, retired_idle=retired)
+                self.log("sessions_idle_replaced", reason=reason, version=old)
             else:
                 self.log(
-                    "sessions_secrets_updated",
-                    from_version=old,
-                    to_version=layers.secrets_version,
-                    retired_idle=retired,
+                    "sessions_secrets_updated", from_version=old, to_version=layers.secrets_version
                 )
             return True
 
@@ -181,6 +374,62 @@ class SessionRuntime:
                 {"Retry-After": str(RETRY_AFTER_S)},
             )
 
+    async def take(self) -> tuple[WarmProcess, bool]:
+        """A process on the newest good version, ready for a session: (process, was it warm).
+
+        A warm one if one is ready; else a warming one nobody else waits for; else one
+        started for this session (a cold start)."""
+        import anyio
+
+        from launcher.supervision.planner import Phase
+
+        engine = self.engine
+        with anyio.move_on_after(self.config.ready_timeout):
+            while True:
+                wanted = engine.wanted_generation()
+                ready = engine.warm(wanted, Phase.READY)
+                if ready:
+                    engine.take(ready[0])
+                    return self.factory.processes[ready[0].pid], True
+                warming = [
+                    w for w in engine.warm(wanted, Phase.STARTING) if w.pid not in self._claimed
+                ]
+                if warming:
+                    pid = warming[0].pid
+                    self._claimed.add(pid)
+                    try:
+                        await self._until_ready(self.factory.processes[pid])
+                    finally:
+                        self._claimed.discard(pid)
+                    continue  # ready now (take it, or another), or gone (try again)
+                try:
+                    worker = await engine.burst()
+                except OSError as error:
+                    raise StartFailed(f"cannot start a session process: {error.strerror}") from None
+                warm = self.factory.processes[worker.pid]
+                await self._until_ready(warm)
+                if warm.ready.is_set() and not warm.closed.is_set():
+                    return warm, False
+                break
+        raise StartFailed(
+            f"no session process became ready within --ready-timeout "
+            f"{self.config.ready_timeout:g}s (importing {self.entry.target} failed or hung; "
+            "see its output above)"
+        )
+
+    async def _until_ready(self, warm: WarmProcess) -> None:
+        import anyio
+
+        async with anyio.create_task_group() as tg:
+
+            async def closed() -> None:
+                await warm.closed.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(closed)
+            await warm.ready.wait()
+            tg.cancel_scope.cancel()
+
     async def start(self, body: Any) -> Session:
         """Start a session with `body`; returns once its entrypoint is being called."""
         import json
@@ -189,15 +438,21 @@ class SessionRuntime:
 
         requested = time.perf_counter()
         self._starting += 1
+        self.engine.defer_starts()  # the refill forks after the answer (after_start)
+        self._deferred += 1
         try:
             await self.refresh()
             try:
-                warm, was_warm = await self.pool.take()
+                warm, was_warm = await self.take()
             except StartFailed as error:
                 raise Refused(500, error.message) from None
             session = Session(str(uuid.uuid4()), warm, was_warm)
             warm.session = session
             self._remember(session)
+        except BaseException:
+            if not isinstance(sys.exc_info()[1], Refused):
+                self.after_start_now()
+            raise
         finally:
             self._starting -= 1
         line = json.dumps({"session_id": session.id, "body": body}).encode() + b"\n"
@@ -237,12 +492,17 @@ class SessionRuntime:
         )
         return session
 
+    def after_start_now(self) -> None:
+        if self._deferred:
+            self._deferred -= 1
+            self.engine.resume_starts()
+
     async def after_start(self) -> None:
-        """Refill the warm pool; called once the start has been answered, so that the fork
-        of the replacement does not delay the answer. Async on purpose: Starlette runs a sync
-        background task in a thread, and processes are only spawned on the main thread
-        (PR_SET_PDEATHSIG is tied to the forking thread)."""
-        self.pool.refill()
+        """Let the engine refill the warm slots; called once the start has been answered, so
+        that the fork of the replacement does not delay the answer. Async on purpose:
+        Starlette runs a sync background task in a thread, and processes are only spawned on
+        the main thread (PR_SET_PDEATHSIG is tied to the forking thread)."""
+        self.after_start_now()
 
     def _remember(self, session: Session) -> None:
         self.sessions[session.id] = session
@@ -261,34 +521,7 @@ class SessionRuntime:
         if not session.active or session.process.worker.stop_sent:
             return
         session.state = "stopping"
-        session.process.worker.stop(self.config.stop_signal)
-        if self._tg is not None:
-            self._tg.start_soon(self._kill_after, session, self.config.drain_timeout)
-
-    async def _kill_after(self, session: Session, seconds: float) -> None:
-        import anyio
-
-        with anyio.move_on_after(seconds):
-            await session.done.wait()
-        if session.active:
-            session.process.worker.kill_group()
-
-    # --- exits ----------------------------------------------------------------------------
-
-    def reap(self) -> None:
-        """Collect every exited child (ours and, as subreaper, orphans): the one reaper
-        dispatches our processes' exits to the warm pool, which calls `_process_exited`."""
-        from launcher.process import reaper
-
-        reaper.reap()
-        self._exited.set()
-        import anyio
-
-        self._exited = anyio.Event()
-
-    def _process_exited(self, warm: WarmProcess) -> None:
-        if warm.session is not None:
-            self._ended(warm.session)
+        self.engine.end_session(session.process.pid)
 
     def _ended(self, session: Session) -> None:
         code = session.process.worker.exit_code
@@ -309,100 +542,6 @@ class SessionRuntime:
             code=code,
             seconds=round(session.ended_at - session.created_at, 3),
             level="info" if session.state != "failed" else "warning",
-        )
-
-    async def _wait_processes(self, until: anyio.Event | None = None) -> None:
-        """Until every session process has been reaped (or `until` is set)."""
-        while self.pool.processes and not (until is not None and until.is_set()):
-            await self._exited.wait()
-
-    async def shutdown(self, force: anyio.Event) -> None:
-        import anyio
-
-        self.draining = True
-        self.pool.retire_idle()
-        active = self.active()
-        self.log("sessions_draining", active=active, drain_timeout=self.config.drain_timeout)
-        async with anyio.create_task_group() as tg:
-
-            async def forced() -> None:
-                await force.wait()
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(forced)
-            with anyio.move_on_after(self.config.drain_timeout):
-                await self._wait_processes()
-            tg.cancel_scope.cancel()
-        stopped = 0  # sessions still running at the end of the drain: asked to stop
-        for warm in self.pool.live():
-            warm.worker.stop(self.config.stop_signal)
-            if warm.session is not None and warm.session.active:
-                warm.session.state = "stopping"
-                stopped += 1
-        if self.pool.processes:
-            with anyio.move_on_after(0 if force.is_set() else STOP_GRACE_S):
-                await self._wait_processes(force)
-        for warm in self.pool.live():
-            warm.worker.kill_group()
-        with anyio.move_on_after(STOP_GRACE_S):
-            await self._wait_processes()
-        self.log("sessions_stopped", stopped=stopped, finished=max(0, active - stopped))
-
-    # --- status ---------------------------------------------------------------------------
-
-    def status(self) -> PoolStatus:
-        """The warm pool as `agent-run status` shows it (idle processes are the workers)."""
-        from launcher.ops.status import PoolStatus, WorkerState, WorkerStatus
-
-        workers = tuple(
-            WorkerStatus(
-                slot=index,
-                pid=warm.pid,
-                state=WorkerState.READY if warm.ready.is_set() else WorkerState.STARTING,
-                version=warm.version,
-                started_at=warm.worker.started_at,
-            )
-            for index, warm in enumerate(self.pool.idle)
-        )
-        busy = tuple(
-            WorkerStatus(
-                slot=-1,
-                pid=s.process.pid,
-                state=WorkerState.READY,
-                version=s.process.version,
-                started_at=s.started_at,
-            )
-            for s in self.sessions.values()
-            if s.active
-        )
-        return PoolStatus(
-            name=self.plan.name,
-            pid=os.getpid(),
-            secret_set=self.plan.secret_set,
-            version=self.pool.version,
-            workers=workers,
-            draining=busy,
-        )
-
-    def health_status(self) -> PoolStatus:
-        """For /healthz and /readyz: one synthetic slot, ready while sessions can start.
-
-        The idle processes themselves would make readiness flap on every session (a
-        replacement is warming for a moment), so readiness means: not draining, the agent
-        imported successfully at least once, and the last process did not fail to import.
-        """
-        from launcher.ops.status import PoolStatus, WorkerState, WorkerStatus
-
-        ok = self.pool.ever_ready and self.pool.failures == 0
-        state = WorkerState.READY if ok else WorkerState.STARTING
-        # Failed imports count as restarts, so /healthz sees an agent that cannot start.
-        slot = WorkerStatus(0, os.getpid(), state, self.pool.version, restarts=self.pool.failures)
-        return PoolStatus(
-            name=self.plan.name,
-            pid=os.getpid(),
-            secret_set=self.plan.secret_set,
-            version=self.pool.version,
-            workers=(slot,),
         )
 
     async def control(self, request: Any) -> dict[str, Any]:
@@ -427,19 +566,6 @@ class SessionRuntime:
         elif action != "show":
             return {"ok": False, "error": f"unknown sessions action {action!r}"}
         return {"ok": True, "session": session.as_dict()}
-
-    async def reload(self, reason: str = "reload") -> dict[str, Any]:
-        """`agent-run reload`: re-read the store and replace the idle processes."""
-        old = self.pool.version
-        try:
-            await self.refresh(force=True, reason=reason)
-        except LauncherError as error:
-            return {"ok": False, "result": "aborted", "error": error.message}
-        return {
-            "ok": True,
-            "result": "succeeded",
-            "message": f"idle session processes replaced (v{old} -> v{self.pool.version})",
-        }
 
 
 def serve(plan: Plan, entry: Entrypoint) -> int:
@@ -474,114 +600,16 @@ def serve(plan: Plan, entry: Entrypoint) -> int:
 async def _main(
     plan: Plan, entry: Entrypoint, masker: Masker | None, listener: Any, health_socket: Any
 ) -> int:
-    import anyio
-
-    from launcher import signals
+    from launcher import host
     from launcher.ops import logs
-    from launcher.ops.http_server import serve_asgi
     from launcher.process.output import Masker
-    from launcher.sessions.api import create_app
 
-    config = plan.config
-    log = logs.configure(config.log_format, masker or Masker(()))
-    from launcher.process.containment import current as containment
-
-    log("containment", mode=containment().mode, detail=containment().detail)
-    runtime = SessionRuntime(plan, entry, masker, log)
-    force = anyio.Event()
-    stopping = False
-    async with anyio.create_task_group() as tg:
-        runtime.start_pool(tg)
-        address = await tg.start(serve_asgi, create_app(runtime), listener)
-        log(
-            "sessions_listening",
-            address=f"{address[0]}:{address[1]}",
-            entrypoint=str(entry),
-            idle=config.idle,
-            max_sessions=config.max_sessions,
-            version=runtime.pool.version,
-        )
-        if health_socket is not None:
-            from launcher.ops.health import create_app as health_app
-            from launcher.ops.metrics import Metrics
-
-            runtime.metrics = Metrics(runtime.health_status, sessions_active=runtime.active)
-            app = health_app(runtime.health_status, runtime.metrics, lambda: stopping)
-            health = await tg.start(serve_asgi, app, health_socket)
-            log("health_listening", address=f"{health[0]}:{health[1]}")
-        if config.watch and plan.watch_dir is not None and plan.fingerprint is not None:
-            tg.start_soon(_refresh_on_change, plan, runtime, log)
-        if plan.code_dir is not None:
-            tg.start_soon(_reimport_on_code_change, plan.code_dir, runtime, log)
-        if plan.run_dir is not None:
-            tg.start_soon(_serve_control, plan, runtime, log)
-
-        async def shut_down() -> None:
-            await runtime.shutdown(force)
-            tg.cancel_scope.cancel()
-
-        async for signum in signals.receive():
-            if signum == signal.SIGCHLD:
-                runtime.reap()
-            elif signum in (signal.SIGTERM, signal.SIGINT):
-                if stopping:
-                    force.set()  # a second TERM/INT: no more waiting
-                else:
-                    stopping = True
-                    log("signal_received", signal=signal.Signals(signum).name, action="drain")
-                    tg.start_soon(shut_down)
-            elif signum == signal.SIGHUP:
-                tg.start_soon(runtime.reload)
-    return 0
-
-
-async def _refresh_on_change(plan: Plan, runtime: SessionRuntime, log: Any) -> None:
-    """Replace the idle processes as soon as the store changes, so the next session is warm.
-
-    Only an optimisation: dispatch checks the version itself."""
-    from launcher.watch import fingerprints
-
-    assert plan.watch_dir is not None and plan.fingerprint is not None
-    if not os.path.isdir(plan.watch_dir):
-        log("watch_skipped", reason=f"{plan.watch_dir} does not exist", level="warning")
-        return
-    async for _ in fingerprints(plan.watch_dir, plan.fingerprint, plan.initial_fingerprint):
-        if not runtime.draining:
-            await runtime.refresh()
-
-
-async def _reimport_on_code_change(directory: Path, runtime: SessionRuntime, log: Any) -> None:
-    """`agent-run dev`: idle processes imported the old code; replace them. Running sessions
-    finish on the code they started with, as they do on the secrets they started with."""
-    from launcher.watch import code_changes
-
-    async for files in code_changes(directory):
-        log("code_changed", files=",".join(files[:5]))
-        if not runtime.draining:
-            await runtime.reload(reason="code_changed")
-
-
-async def _serve_control(plan: Plan, runtime: SessionRuntime, log: Any) -> None:
-    from pathlib import Path
-
-    import anyio
-
-    from launcher.ops import control
-    from launcher.ops.status import as_dict
-
-    def status() -> dict[str, object]:
-        data = as_dict(runtime.status())
-        data["mode"] = "sessions"
-        data["sessions_active"] = runtime.active()
-        return data
-
-    handlers = control.Handlers(
-        status=status, reload=runtime.reload, extra={"sessions": runtime.control}
-    )
-    assert plan.run_dir is not None
-    try:
-        async with control.serving(Path(plan.run_dir), plan.name, handlers) as path:
-            log("control_listening", path=str(path))
-            await anyio.sleep_forever()
-    except (LauncherError, OSError) as error:
-        log("control_unavailable", reason=str(error), level="warning")
+    log = logs.configure(plan.config.log_format, masker or Masker(()))
+    runtime = SessionRuntime(plan, entry, masker, log, listener)
+    code = await host.run(plan, runtime, log, health_socket=health_socket)
+    # Of the sessions running when shutdown began: those stopped at the end of the drain,
+    # and those that finished on their own within it.
+    stopped = sum(1 for s in runtime.draining_sessions if s.state == "stopped")
+    finished = len(runtime.draining_sessions) - stopped
+    log("sessions_stopped", stopped=stopped, finished=finished)
+    return code

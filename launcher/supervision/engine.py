@@ -15,7 +15,7 @@ import random
 import signal
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import anyio.abc
@@ -32,12 +32,20 @@ from launcher.ops.status import (
 )
 from launcher.process import reaper
 from launcher.process.readiness import ReadySpec, probe_until_ready
-from launcher.process.worker import Worker, WorkerFactory
+from launcher.process.worker import Worker
 from launcher.supervision import planner
 from launcher.supervision.planner import Phase, SlotFate, Verdict
 
 Log = Callable[..., None]
 Clock = Callable[[], float]
+
+
+class ProcessFactory(Protocol):
+    """Starts one process of the pool (a worker, or a session-mode process)."""
+
+    def spawn(self, index: int, layers: EnvironmentLayers, port: int | None = None) -> Worker:
+        """Raises OSError when the process cannot be started."""
+
 
 _VERDICT_STATE = {
     Verdict.IDLE: RolloutState.IDLE,
@@ -63,16 +71,18 @@ def settings_from(config: RunConfig, spec: ReadySpec) -> planner.Settings:
 
 
 class Engine:
-    """One pool of worker processes, driven by the planner."""
+    """One pool of processes, driven by the planner: the workers of worker mode, or the warm
+    and session processes of session mode (which sets the hooks below)."""
 
     def __init__(
         self,
         config: RunConfig,
         layers: EnvironmentLayers,
         spec: ReadySpec,
-        factory: WorkerFactory,
+        factory: ProcessFactory,
         log: Log,
         *,
+        settings: planner.Settings | None = None,
         clock: Clock = time.monotonic,
         rng: Callable[[], float] = random.random,
     ) -> None:
@@ -82,7 +92,7 @@ class Engine:
         self.log = log
         self.clock = clock
         self.rng = rng
-        self.state = planner.initial(settings_from(config, spec), 1)
+        self.state = planner.initial(settings or settings_from(config, spec), 1)
         self.generations: dict[int, EnvironmentLayers] = {1: layers}
         self.workers: dict[int, Worker] = {}  # pid -> live worker of this pool
         self.on_change: Callable[[], None] = lambda: None
@@ -94,6 +104,15 @@ class Engine:
         self._reload_reasons: list[str] = []
         self._reload_wake = anyio.Event()
         self._rollout_started_at: float | None = None
+        self._bursts: list[tuple[anyio.Event, list[Worker | OSError]]] = []
+        self._deferring = 0  # session starts being answered: new processes wait (see defer)
+        self._undeferred = anyio.Event()
+        # Hooks for session mode; worker mode keeps the defaults.
+        self.on_spawned: Callable[[Worker], None] = lambda worker: None
+        self.on_exited: Callable[[Worker], None] = lambda worker: None
+        self.stop_process: Callable[[Worker, bool], None] = lambda worker, session: worker.stop(
+            self.config.stop_signal
+        )
 
     # --- events in ---------------------------------------------------------------------
 
@@ -150,6 +169,7 @@ class Engine:
                 uptime=round(worker.uptime(), 3),
             )
         self.post(planner.Exited(pid, code, self.clock(), self.rng()))
+        self.on_exited(worker)
 
     def notified(self, pid: int, fields: dict[str, str]) -> None:
         """A datagram on the notify socket, from a worker or one of its processes."""
@@ -183,6 +203,66 @@ class Engine:
     def forward(self, signum: int) -> None:
         for worker in list(self.workers.values()):
             worker.send(signum)
+
+    # --- session mode ------------------------------------------------------------------
+
+    def wanted_generation(self) -> int:
+        """What a new session must run: the newest target, unless that one was refused."""
+        state = self.state
+        if state.failed != state.target:
+            return state.target
+        active = [s.generation for s in state.slots if s.fate is SlotFate.ACTIVE]
+        return max(active) if active else state.target
+
+    def warm(self, generation: int, phase: Phase) -> list[Worker]:
+        """Warm processes (in slots) of `generation` in `phase`, oldest first."""
+        return [
+            self.workers[p.pid]
+            for p in self.state.procs
+            if p.generation == generation and p.phase is phase and p.pid in self.workers
+        ]
+
+    def take(self, worker: Worker) -> None:
+        """Hand a ready warm process to a session: it leaves its slot, which is refilled."""
+        self.post(planner.Taken(worker.pid, self.clock()))
+
+    async def burst(self) -> Worker:
+        """Start a process for a waiting session (no warm one was ready); raises OSError."""
+        done = anyio.Event()
+        holder: list[Worker | OSError] = []
+        self._bursts.append((done, holder))
+        self.post(planner.Burst(self.clock()))
+        await done.wait()
+        result = holder[0]
+        if isinstance(result, OSError):
+            raise result
+        return result
+
+    def end_session(self, pid: int) -> None:
+        self.post(planner.EndSession(pid, self.clock()))
+
+    def defer_starts(self) -> None:
+        """A session start is being answered: new warm processes wait (a fork costs the
+        event loop a few ms that the answer must not wait for). Pair with `resume_starts`."""
+        self._deferring += 1
+
+    def resume_starts(self) -> None:
+        self._deferring = max(0, self._deferring - 1)
+        if not self._deferring:
+            self._undeferred.set()
+            self._undeferred = anyio.Event()
+
+    def new_target(self, layers: EnvironmentLayers) -> int:
+        """Roll out `layers` now (session mode's read-after-write path); its generation."""
+        generation = max(self.generations) + 1
+        self.generations[generation] = layers
+        self.post(planner.NewTarget(generation, self.clock()))
+        return generation
+
+    def ready(self, worker: Worker) -> None:
+        """Session mode: the process imported the agent (it said so on its channel)."""
+        if worker.pid in self.workers:
+            self.post(planner.Ready(worker.pid, self.clock()))
 
     # --- reloads -----------------------------------------------------------------------
 
@@ -273,14 +353,22 @@ class Engine:
             result = planner.plan(self.state, now)
             self.state = result.state
             self._report(result.notes)
+            deferred = False
             for action in result.actions:
                 if isinstance(action, planner.Finish):
                     self.exit_code = action.code
                     self.on_change()
                     return action.code
+                if isinstance(action, planner.Start) and self._deferring and action.slot >= 0:
+                    deferred = True  # refills wait until the session start is answered
+                    continue
                 self._apply(action)
             self._settle_waiters()
             self.on_change()
+            if deferred:
+                with anyio.move_on_after(1.0):
+                    await self._undeferred.wait()
+                continue
             if result.actions:
                 continue  # what we did (a start) is already observed: plan again
             timeout = None if result.wake_at is None else max(0.0, result.wake_at - self.clock())
@@ -293,7 +381,8 @@ class Engine:
         elif isinstance(action, planner.Stop):
             worker = self.workers.get(action.pid)
             if worker is not None:
-                worker.stop(self.config.stop_signal)
+                proc = self.state.proc(action.pid)
+                self.stop_process(worker, proc is not None and proc.slot < 0)
                 worker.stopped_at = time.monotonic()
                 self.log(
                     "worker_stopping", slot=worker.slot, pid=worker.pid, version=worker.version
@@ -318,12 +407,24 @@ class Engine:
 
     def _start(self, action: planner.Start) -> None:
         layers = self.generations[action.generation]
-        port = self.port(action.slot, action.lane)
+        port = self.port(action.slot, action.lane) if action.slot >= 0 else None
         try:
             worker = self.factory.spawn(action.slot, layers, port=port)
         except OSError as error:
             self.log("worker_start_failed", slot=action.slot, error=error.strerror, level="error")
             self.post(planner.StartFailed(action.slot, action.generation, self.clock(), self.rng()))
+            if action.slot < 0 and self._bursts:
+                done, holder = self._bursts.pop(0)
+                holder.append(error)
+                done.set()
+            return
+        if action.slot < 0:  # a burst start: it belongs to the session that asked for it
+            self._track(worker, action.slot, action.lane, action.generation)
+            self._attach(worker)
+            if self._bursts:
+                done, holder = self._bursts.pop(0)
+                holder.append(worker)
+                done.set()
             return
         slot = self.state.slots[action.slot]
         event = "replacement_started" if action.generation != slot.generation else "worker_started"
@@ -347,6 +448,7 @@ class Engine:
 
     def _track(self, worker: Worker, slot: int, lane: int, generation: int) -> None:
         self.workers[worker.pid] = worker
+        self.on_spawned(worker)
         # The process layer registered it at the fork; its exit now comes to the engine.
         reaper.register(worker.pid, lambda status: self._reaped(worker, status))
         worker.generation = generation
@@ -360,7 +462,9 @@ class Engine:
         if not worker.alive:
             worker.exited.set()
         assert self._tg is not None
-        if self.spec.kind == "log":
+        if self.spec.kind == "channel":
+            pass  # session mode: the process says so on its channel (see ready())
+        elif self.spec.kind == "log":
             # The latch was made before the spawn: a match read before now is kept.
             loop = self._loop
             pid = worker.pid
