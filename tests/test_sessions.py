@@ -372,3 +372,20 @@ def test_a_project_with_its_own_launcher_module_runs_sessions(
     finally:
         server.http.close()
         server.launcher.stop()
+
+
+def test_status_shows_warm_processes_and_sessions(serve: Callable[..., Server], cli: CLI) -> None:
+    """`agent-run status` in session mode: warm processes and running sessions, no worker slots."""
+    server = serve("--idle", "1")
+    server.imported(1)
+    answer = server.post({"seconds": 600}).json()
+    server.file(f"{answer['id']}.json")
+    status = json.loads(cli("status", "--json").stdout)
+    assert status["mode"] == "sessions" and "workers" not in status
+    assert [s["id"] for s in status["sessions"]] == [answer["id"]]
+    assert status["sessions"][0]["pid"] == answer["pid"]
+    assert all(w["pid"] != answer["pid"] for w in status["warm"])
+    human = cli("status").stdout
+    assert "session mode" in human and answer["id"] in human
+    server.http.delete(f"/sessions/{answer['id']}")
+    server.launcher.wait_event("session_ended", session=answer["id"])

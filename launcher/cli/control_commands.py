@@ -174,8 +174,43 @@ def _uptime(started_at: float | None) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
+def format_session_status(status: dict[str, Any]) -> str:
+    """Session mode: warm processes and running sessions (no worker slots)."""
+    version = status.get("version")
+    lines = [
+        f"{status['name']}: launcher pid {status['pid']}, session mode, "
+        f"set {status.get('secret_set') or '-'} v{version if version is not None else '-'}, "
+        f"{status['sessions_active']} session(s) running"
+        + (" (draining)" if status.get("draining") else ""),
+    ]
+    rows = [("PID", "STATE", "VERSION", "UPTIME", "SESSION")]
+    for w in status["warm"]:
+        rows.append((str(w["pid"]), w["state"], str(w["version"]), _uptime(w["started_at"]), "-"))
+    for s in status["sessions"]:
+        rows.append(
+            (
+                str(s["pid"]),
+                s["state"],
+                str(s["secrets_version"]),
+                _uptime(s["started_at"]),
+                s["id"],
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines += [
+        "  " + "  ".join(c.ljust(wd) for c, wd in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+    rollout = status.get("rollout") or {}
+    if rollout.get("reason"):
+        lines.append(f"last update: {rollout['state']}: {rollout['reason']}")
+    return "\n".join(lines)
+
+
 def format_status(status: dict[str, Any]) -> str:
     """The human view of a status: a header, a table of workers, the rollout."""
+    if status.get("mode") == "sessions":
+        return format_session_status(status)
     version = status.get("version")
     lines = [
         f"{status['name']}: launcher pid {status['pid']}, "
