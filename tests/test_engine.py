@@ -114,6 +114,10 @@ def test_tcp_readiness_is_measured_on_the_replacement_not_the_old_worker(
     new = int(launcher.wait_event("worker_ready", version=2)["pid"])  # type: ignore[call-overload]
     launcher.wait_event("rollout_succeeded", to_version=2)
     launcher.wait_event("worker_drained", pid=old)
+    deadline = time.monotonic() + 30
+    while "listening" not in read_reports(probe_dir)[new]:  # written just after the bind
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     reports = read_reports(probe_dir)
     assert reports[old]["env"]["AGENT_RUN_PORT"] == str(base)  # type: ignore[index]
     assert reports[new]["env"]["AGENT_RUN_PORT"] == str(base + 1)  # type: ignore[index]

@@ -75,6 +75,7 @@ if os.environ.get("PROBE_LISTEN"):
     import socket
     import threading
 
+    listening = time.time()  # before the bind: a probe may succeed before the report
     server = socket.create_server(("127.0.0.1", int(os.environ["AGENT_RUN_PORT"])))
 
     def accept() -> None:
@@ -82,7 +83,7 @@ if os.environ.get("PROBE_LISTEN"):
             server.accept()[0].close()
 
     threading.Thread(target=accept, daemon=True).start()
-    write({"listening": time.time()})
+    write({"listening": listening})
 if os.environ.get("PROBE_NOTIFY") == "1":
     from launcher import notify_ready
 
