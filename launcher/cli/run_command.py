@@ -249,7 +249,8 @@ OPTIONS: tuple[Option, ...] = (
         "port_base",
         _non_negative_int,
         None,
-        "give worker i AGENT_RUN_PORT = PORT + i",
+        "give worker i AGENT_RUN_PORT = PORT + i; its replacement in a rollout gets "
+        "PORT + N + i (N = --workers), so a pool uses ports PORT .. PORT + 2N - 1",
         "PORT",
     ),
     Option(
