@@ -20,9 +20,9 @@ if TYPE_CHECKING:
     import anyio.abc
 
     from launcher.ops.status import PoolStatus
+    from launcher.plan import Plan
     from launcher.process.notify_socket import NotifySocket
     from launcher.supervision.engine import Engine
-    from launcher.supervisor import Plan
 
 Log = Callable[..., None]
 

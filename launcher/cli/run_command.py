@@ -679,9 +679,9 @@ def build_config(argv: Sequence[str], dev: bool) -> RunConfig:
 
 def build_plan(config: RunConfig) -> Any:
     from launcher.environment import EnvironmentLayers
+    from launcher.plan import Plan
     from launcher.store.names import PLATFORM_CREDENTIALS
     from launcher.store.sets import PLATFORM, Store
-    from launcher.supervisor import Plan
 
     store = Store.open(config.store)
     key_holder: list[Any] = []
@@ -842,7 +842,7 @@ def main(argv: list[str]) -> int:
         entry = find_entrypoint(config.target, config.entrypoint, config.mode)
     plan = build_plan(config)
     if entry is not None:
-        from launcher.sessions.service import serve
+        from launcher.sessions.server import serve
 
         if config.mode == "auto" and config.entrypoint is None:
             # The switch changes what the target is, so it is said, with the way out.

@@ -130,9 +130,6 @@ class Worker:
         self.relay = relay
         self.started_at = time.time()
         self.started_monotonic = time.monotonic()
-        from launcher.ops.status import WorkerState
-
-        self.state = WorkerState.STARTING
         self.exit_code: int | None = None
         self.stop_sent = False
         self.stopped_at: float | None = None  # monotonic time of the stop signal
@@ -150,7 +147,7 @@ class Worker:
         self.private_dir: str | None = None  # its private files (AGENT_RUN_FILES), if any
 
     def __repr__(self) -> str:
-        return f"Worker(slot={self.slot}, pid={self.pid}, state={self.state.value})"
+        return f"Worker(slot={self.slot}, pid={self.pid}, alive={self.alive})"
 
     @property
     def log_ready(self) -> bool:
@@ -175,9 +172,6 @@ class Worker:
         """The stop signal, once: a second one would make a LiveKit worker drop its calls."""
         if not self.stop_sent and self.alive:
             self.stop_sent = True
-            from launcher.ops.status import WorkerState
-
-            self.state = WorkerState.DRAINING
             self.send(sig)
             if self.foreground:
                 # Stopped by SIGTTIN after a newer worker took the terminal, it would hold
@@ -207,10 +201,6 @@ class Worker:
             terminal.take_back(self.pid)
             if not self.stop_sent:
                 terminal.pass_on_interrupt(status)
-        from launcher.ops.status import WorkerState
-
-        if self.state is not WorkerState.DRAINING:
-            self.state = WorkerState.EXITED
 
 
 def _inherited_fds(keep: Sequence[int]) -> list[int]:

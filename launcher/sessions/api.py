@@ -15,21 +15,12 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from launcher.sessions.service import Refused
+
 if TYPE_CHECKING:
     from launcher.sessions.service import SessionRuntime
 
 MAX_BODY = 1024 * 1024  # bytes: a session's configuration, not an upload
-RETRY_AFTER_S = 1
-
-
-class Refused(Exception):
-    """A start that the runtime declines: (HTTP status, message, headers)."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers or {}
 
 
 def parse_body(raw: bytes) -> Any:

@@ -33,11 +33,10 @@ import sys
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any
 
 from launcher.errors import LauncherError
-from launcher.sessions.api import RETRY_AFTER_S, Refused
 from launcher.sessions.entrypoint import Entrypoint, find_entrypoint
 from launcher.sessions.warm_pool import StartFailed, WarmProcess, WarmProcessFactory
 
@@ -48,14 +47,25 @@ if TYPE_CHECKING:
     from launcher.environment import EnvironmentLayers
     from launcher.ops.metrics import Metrics
     from launcher.ops.status import PoolStatus
+    from launcher.plan import Plan
     from launcher.process.output import Masker
     from launcher.process.worker import Worker
-    from launcher.supervisor import Plan
 
-__all__ = ["Entrypoint", "SessionRuntime", "find_entrypoint", "serve"]
+__all__ = ["Entrypoint", "Refused", "SessionRuntime", "find_entrypoint"]
 
 STOP_GRACE_S = 5.0  # after the drain: stop signal, then this long before SIGKILL
 KEEP_ENDED = 1000  # ended sessions kept for GET /sessions
+RETRY_AFTER_S = 1  # what a full runtime tells callers to wait (429)
+
+
+class Refused(Exception):
+    """A start that the runtime declines: (HTTP status, message, headers)."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
 
 
 class Session:
@@ -105,6 +115,7 @@ class SessionRuntime:
         masker: Masker | None,
         log: Any,
         listener: Any = None,
+        create_app: Callable[[SessionRuntime], Any] | None = None,
     ) -> None:
         import anyio
 
@@ -119,6 +130,7 @@ class SessionRuntime:
         self.masker = masker
         self.log = log
         self.listener = listener
+        self.create_app = create_app  # the HTTP API (api.py), given by server.py
         self.factory = WarmProcessFactory(config, entry, masker)
         settings = planner.Settings(
             size=config.idle,
@@ -200,12 +212,11 @@ class SessionRuntime:
 
     async def serve(self, tg: anyio.abc.TaskGroup) -> None:
         from launcher.ops.http_server import serve_asgi
-        from launcher.sessions.api import create_app
 
         self._tg = tg
-        if self.listener is None:
+        if self.listener is None or self.create_app is None:
             return
-        address = await tg.start(serve_asgi, create_app(self), self.listener)
+        address = await tg.start(serve_asgi, self.create_app(self), self.listener)
         self.log(
             "sessions_listening",
             address=f"{address[0]}:{address[1]}",
@@ -566,50 +577,3 @@ class SessionRuntime:
         elif action != "show":
             return {"ok": False, "error": f"unknown sessions action {action!r}"}
         return {"ok": True, "session": session.as_dict()}
-
-
-def serve(plan: Plan, entry: Entrypoint) -> int:
-    """Run session mode until TERM/INT; returns the exit code (0 after a graceful stop).
-
-    `plan` is what `agent-run` resolved (config, environment layers, how to re-read the
-    store); `entry` comes from `find_entrypoint`.
-    """
-    from launcher import signals
-    from launcher.ops.http_server import bind, parse_host_port
-    from launcher.process import worker as process
-    from launcher.process.output import Masker
-
-    config = plan.config
-    host, port = parse_host_port(config.listen, "--listen")
-    listener = bind(host, port, "--listen")
-    health_socket = None
-    if config.health:
-        host, port = parse_host_port(config.health, "--health")
-        health_socket = bind(host, port, "--health")
-    signals.install_early()
-    process.become_subreaper()
-    masker = Masker(plan.masked_values) if config.mask else None
-    from launcher.process.containment import contain
-
-    contain()
-    import anyio
-
-    return anyio.run(_main, plan, entry, masker, listener, health_socket)
-
-
-async def _main(
-    plan: Plan, entry: Entrypoint, masker: Masker | None, listener: Any, health_socket: Any
-) -> int:
-    from launcher import host
-    from launcher.ops import logs
-    from launcher.process.output import Masker
-
-    log = logs.configure(plan.config.log_format, masker or Masker(()))
-    runtime = SessionRuntime(plan, entry, masker, log, listener)
-    code = await host.run(plan, runtime, log, health_socket=health_socket)
-    # Of the sessions running when shutdown began: those stopped at the end of the drain,
-    # and those that finished on their own within it.
-    stopped = sum(1 for s in runtime.draining_sessions if s.state == "stopped")
-    finished = len(runtime.draining_sessions) - stopped
-    log("sessions_stopped", stopped=stopped, finished=finished)
-    return code
