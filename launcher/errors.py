@@ -52,3 +52,12 @@ class ConfigError(LauncherError):
 
 class DecryptionFailed(ConfigError):
     """Sealed data did not open: wrong key or tampering. Deliberately opaque (78)."""
+
+
+class VersionRegression(ConfigError):
+    """The store holds an older version than one already handed out: refused (78).
+
+    Raised by the secrets source (store/source.py) when a set file is replaced by an older
+    copy (git, a backup, an old ConfigMap): a launcher never moves back to a lower version.
+    The engine reports it (log event, status line, metric) and keeps serving.
+    """

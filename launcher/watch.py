@@ -39,24 +39,29 @@ async def fingerprints(
 ) -> AsyncIterator[Hashable]:
     """Yield each new fingerprint of `directory`'s contents, starting after `last`.
 
-    `last` is the fingerprint the caller already acted on (the version its workers were
-    started with), so a change that lands between start-up and the first watch is not lost.
+    `last` is the fingerprint the caller already acted on (the one its workers' snapshot
+    took before decrypting), so a change that lands between start-up and the first watch is
+    not lost. The first fingerprint is read only once watchfiles is watching (issue #12: read
+    before, a write between the read and the start of the watch was missed until some later
+    change): `yield_on_timeout` makes awatch hand control back after its watcher exists,
+    within RUST_TIMEOUT_MS, even when nothing happened.
     """
     import watchfiles
 
-    current = fingerprint()
-    if current != last:
-        last = current
-        yield current
-    async for _ in watchfiles.awatch(
+    armed = False
+    async for changes in watchfiles.awatch(
         directory,
         watch_filter=_accept_all,
         recursive=False,
         step=STEP_MS,
         debounce=DEBOUNCE_MS,
         rust_timeout=RUST_TIMEOUT_MS,
+        yield_on_timeout=True,
         force_polling=force_polling,
     ):
+        if armed and not changes:
+            continue  # a timeout tick: nothing changed, nothing to read
+        armed = True
         current = fingerprint()
         if current != last:
             last = current

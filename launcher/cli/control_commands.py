@@ -257,9 +257,12 @@ def format_status(status: dict[str, Any]) -> str:
     if rollout["state"] != "idle":
         line = f"rollout: {rollout['state']} v{rollout['from_version']} -> v{rollout['to_version']}"
         line += f" ({rollout['done']}/{rollout['total']} slots)"
-        if rollout.get("reason"):
+        if rollout.get("reason") and rollout["state"] == "aborted":
             line += f": {rollout['reason']}"
         lines.append(line)
+    if rollout.get("reason") and rollout["state"] != "aborted":
+        # A later update that never started (an older file refused, a damaged set, #12).
+        lines.append(f"update skipped: {rollout['reason']}")
     return "\n".join(lines)
 
 

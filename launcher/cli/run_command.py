@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from launcher.config import LogFormat, RestartPolicy, RunConfig, Target, TargetKind
 from launcher.errors import InvalidInput, UsageError
@@ -678,22 +678,13 @@ def build_config(argv: Sequence[str], dev: bool) -> RunConfig:
 
 
 def build_plan(config: RunConfig) -> Any:
-    from launcher.environment import EnvironmentLayers
     from launcher.plan import Plan
-    from launcher.store.names import PLATFORM_CREDENTIALS
-    from launcher.store.sets import PLATFORM, Store
+    from launcher.store.sets import Store
+    from launcher.store.source import Extras, SecretsSource
 
     store = Store.open(config.store)
-    key_holder: list[Any] = []
 
-    def key() -> Any:
-        if not key_holder:
-            from launcher.store.keys import load_master_key
-
-            key_holder.append(load_master_key(store.directory, config.key_file))
-        return key_holder[0]
-
-    def env_files(secrets: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    def env_files(secrets: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
         """The toml `env` table, then each env file, references resolved: (values, the
         composed values that hold a secret, to be masked)."""
         if not config.env and not config.env_files:
@@ -702,7 +693,7 @@ def build_plan(config: RunConfig) -> Any:
 
         values, composed = resolve_all(
             dict(config.env),
-            secrets,
+            dict(secrets),
             origin=f"{config.config_file or CONFIG_FILE} [env]",
             set_name=config.secret_set,
         )
@@ -713,7 +704,7 @@ def build_plan(config: RunConfig) -> Any:
 
             resolved, more = resolve_all(
                 read_dotenv(Path(path)).values,
-                secrets,
+                dict(secrets),
                 origin=f"--env-file {path}",
                 set_name=config.secret_set,
             )
@@ -721,7 +712,7 @@ def build_plan(config: RunConfig) -> Any:
             composed += more
         return values, composed
 
-    def rendered(secrets: dict[str, str]) -> dict[str, bytes]:
+    def rendered(secrets: Mapping[str, str]) -> dict[str, bytes]:
         from launcher.references import render
 
         files: dict[str, bytes] = {}
@@ -730,38 +721,26 @@ def build_plan(config: RunConfig) -> Any:
             files[dest] = render(
                 f"--render {template}",
                 _read_template(template),
-                secrets,
+                dict(secrets),
                 set_name=config.secret_set,
             ).encode("utf-8")
         return files
 
-    def read() -> tuple[EnvironmentLayers, list[str]]:
-        secrets: dict[str, str] = {}
-        version = None
-        if config.secret_set:
-            secret_set = store.read(config.secret_set, key())
-            secrets, version = secret_set.plain(), secret_set.version
-        platform = store.read_platform(key()) if store.has_platform() else {}
+    def extras(secrets: Mapping[str, str]) -> Extras:
+        """What this configuration builds on each snapshot's secrets (references, files)."""
         plain, composed = env_files(secrets)
-        layers = EnvironmentLayers(
-            inherited=dict(os.environ),
-            env_files=plain,
-            secrets=secrets,
-            platform=platform,
-            secrets_version=version,
-            python_target=config.target.is_python,
-            files=rendered(secrets) if config.render else {},
-        )
-        masked = list(secrets.values()) + composed
-        for name in PLATFORM_CREDENTIALS[1:]:  # the URL is not a secret; key and secret are
-            value = platform.get(name) or os.environ.get(name)
-            if value:
-                masked.append(value)
-        return layers, masked
+        return Extras(plain, composed, rendered(secrets) if config.render else {})
 
     if config.secret_set and not store.exists(config.secret_set):
         raise store._not_found(config.secret_set)
-    layers, masked = read()
+    source = SecretsSource(
+        store,
+        config.secret_set,
+        key_file=config.key_file,
+        extras=extras,
+        python_target=config.target.is_python,
+    )
+    initial = source.snapshot()
     from launcher.process import private_files
 
     # Trees left by launchers that were killed; and ours made now, so an unusable base
@@ -769,21 +748,7 @@ def build_plan(config: RunConfig) -> Any:
     private_files.sweep_stale()
     if config.render:
         private_files.for_this_launcher().prepare()
-
-    def fingerprint() -> Hashable:
-        from launcher.errors import LauncherError
-
-        try:
-            # values_version: a new version that only changed descriptions or tags gives
-            # the workers nothing new, so it does not roll the pool.
-            return (
-                store.values_version(config.secret_set) if config.secret_set else None,
-                store.current_version(PLATFORM),
-            )
-        except LauncherError:
-            return "unreadable"
-
-    watched = bool(config.secret_set) or store.has_platform()
+    watch_dir = source.watch_dir
     target_dir = None
     if config.dev:
         from pathlib import Path
@@ -795,14 +760,11 @@ def build_plan(config: RunConfig) -> Any:
         )
     return Plan(
         config=config,
-        layers=layers,
-        masked_values=masked,
-        reload=read,
+        source=source,
+        initial=initial,
         name=config.name or config.secret_set or "agent-run",
         secret_set=config.secret_set,
-        watch_dir=store.directory if watched else None,
-        fingerprint=fingerprint if watched else None,
-        initial_fingerprint=fingerprint() if watched else None,
+        watch_dir=watch_dir,
         run_dir=store.runtime_dir(),
         code_dir=target_dir,
     )

@@ -380,15 +380,16 @@ def _store(args: argparse.Namespace) -> Any:
 
 
 def _key(args: argparse.Namespace, store: Any, create: bool = False) -> Any:
-    from launcher.store.keys import load_master_key
+    """The keyring (keyring.py): writes seal with its newest key, reads follow rotations."""
+    from launcher.store.keyring import Keyring
 
-    key = load_master_key(store.directory, args.key_file, os.environ, create=create)
-    if key.created:
+    keyring = Keyring.open(store.directory, args.key_file, os.environ, create=create)
+    if keyring.created:
         _say(
-            f"created master key {key.source} (mode 0600); back it up: without it this store "
-            "cannot be decrypted"
+            f"created master key {keyring.current.source} (mode 0600); back it up: without it "
+            "this store cannot be decrypted"
         )
-    return key
+    return keyring
 
 
 def _read_stdin_value() -> str:
@@ -770,40 +771,18 @@ def cmd_key_init(args: argparse.Namespace) -> int:
 
 
 def cmd_key_rotate(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from launcher.store import crypto
-    from launcher.store.keys import MasterKey, fsync_directory, read_key_file, write_key_file
+    from launcher.store.keyring import rotate
 
     store = _store(args)
-    old = _key(args, store)
-    if args.new_key_file is not None:
-        pending = args.new_key_file
-        final: Path | None = None
-    elif old.path is not None:
-        final = Path(old.path)
-        pending = final.with_name(final.name + ".next")
-    else:
-        raise UsageError(
-            f"the master key comes from {old.source}, which agent-run cannot replace; "
-            "give --new-key-file FILE for the new key, then point that source at it"
-        )
-    if not pending.exists():
-        write_key_file(pending, crypto.new_key())
-    new = read_key_file(pending)
-    resealed = sum(1 for name in store.all_files() if store.rewrap(name, old, new))
-    if final is not None:
-        os.replace(pending, final)
-        fsync_directory(final.parent)
-        new = MasterKey(new.key, str(final), str(final))
-    where = final or pending
+    result = rotate(store, _key(args, store), args.new_key_file)
     print(
-        f"rotated master key {old.id} -> {new.id}: {resealed} set(s) re-sealed; new key in {where}"
+        f"rotated master key {result.old_id} -> {result.new_id}: {result.resealed} set(s) "
+        f"re-sealed; new key in {result.where}"
     )
     _say(
         "the old key no longer opens this store: replace every deployed copy of the key and "
         "of the set files (servers, Docker and Kubernetes secrets, systemd credentials) and "
-        f"your backups of the key with {where}"
+        f"your backups of the key with {result.where}"
     )
     return 0
 

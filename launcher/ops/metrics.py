@@ -109,7 +109,7 @@ class _StatusCollector:
         return []  # unchecked collector: families are known only at scrape time
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import GaugeMetricFamily
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         status = self._current()
         workers = GaugeMetricFamily(
@@ -141,6 +141,13 @@ class _StatusCollector:
         running = status is not None and status.rollout.state is RolloutState.RUNNING
         rollout.add_metric([], 1.0 if running else 0.0)
         yield rollout
+        refused = CounterMetricFamily(
+            "agent_run_secrets_versions_refused",
+            "Store versions refused because they were older than one already served "
+            "(an older set file put back).",
+        )
+        refused.add_metric([], status.rollout.refused if status else 0)
+        yield refused
         if self._sessions_active is not None:
             active = GaugeMetricFamily("agent_run_sessions_active", "Sessions running now.")
             active.add_metric([], self._sessions_active())

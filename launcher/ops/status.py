@@ -50,6 +50,7 @@ class RolloutStatus(NamedTuple):
     started_at: float | None = None
     finished_at: float | None = None
     reason: str | None = None  # why it aborted; never a value
+    refused: int = 0  # store versions refused as older than one already served (#12)
 
 
 class PoolStatus(NamedTuple):

@@ -36,6 +36,8 @@ def summary_line(status: PoolStatus) -> str:
         line += f", rolling out v{rollout.to_version} ({rollout.done}/{rollout.total})"
     elif rollout.state is RolloutState.ABORTED:
         line += f", rollout to v{rollout.to_version} aborted: {rollout.reason}"
+    elif rollout.reason:  # the last update was not even started (e.g. an older file, #12)
+        line += f", update skipped: {rollout.reason}"
     if status.draining:
         line += f", {len(status.draining)} draining"
     return line

@@ -36,7 +36,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any
 
-from launcher.errors import LauncherError
+from launcher.errors import LauncherError, VersionRegression
 from launcher.sessions.entrypoint import Entrypoint, find_entrypoint
 from launcher.sessions.warm_pool import StartFailed, WarmProcess, WarmProcessFactory
 
@@ -149,6 +149,8 @@ class SessionRuntime:
         self.engine.stop_process = self._stop_process
         self.fingerprint: Hashable = plan.initial_fingerprint
         self._failed_fingerprint: Hashable = None
+        self.refused = 0  # older store versions refused (#12), for status and /metrics
+        self.refused_reason: str | None = None
         self.sessions: OrderedDict[str, Session] = OrderedDict()
         self.draining = False
         self.metrics: Metrics | None = None
@@ -251,6 +253,17 @@ class SessionRuntime:
             secret_set=self.plan.secret_set,
             version=self.version,
             workers=(slot,),
+            rollout=self._refusals(),
+        )
+
+    def _refusals(self) -> Any:
+        """Refused versions as a rollout status: the status line and the metric show them."""
+        from launcher.ops.status import RolloutState, RolloutStatus
+
+        if not self.refused:
+            return RolloutStatus()
+        return RolloutStatus(
+            state=RolloutState.ABORTED, reason=self.refused_reason, refused=self.refused
         )
 
     def control_status(self) -> dict[str, object]:
@@ -282,7 +295,11 @@ class SessionRuntime:
             "warm": warm,
             "sessions_active": self.active(),
             "sessions": [s.as_dict() for s in self.sessions.values() if s.active],
-            "rollout": {"state": rollout.state.value, "reason": rollout.reason},
+            "rollout": {
+                "state": rollout.state.value,
+                "reason": self.refused_reason if self.refused else rollout.reason,
+                "refused": self.refused,
+            },
         }
 
     def control_extra(self) -> dict[str, Any]:
@@ -344,9 +361,13 @@ class SessionRuntime:
                 return False  # another request did it while we waited
             old = self.version
             try:
-                layers = self.load()
+                snapshot = self.plan.source.snapshot()
             except LauncherError as error:
                 self._failed_fingerprint = current
+                if isinstance(error, VersionRegression):
+                    self.refused += 1
+                    self.refused_reason = error.message
+                    self.log("secrets_version_refused", reason=error.message, level="error")
                 self.log(
                     "sessions_update_failed",
                     reason=error.message,
@@ -356,9 +377,13 @@ class SessionRuntime:
                 if force:
                     raise
                 return False
-            # The fingerprint read *before* the reload: a write landing during it makes the
-            # next dispatch reload again rather than be missed.
-            previous, self.fingerprint = self.fingerprint, current
+            layers = snapshot.layers
+            if self.masker is not None:
+                self.masker.add(snapshot.masked)
+            # The snapshot's fingerprint was read *before* it decrypted: a write landing
+            # during the reload makes the next dispatch reload again rather than be missed.
+            observed = snapshot.fingerprint if fingerprint is not None else None
+            previous, self.fingerprint = self.fingerprint, observed
             self.engine.new_target(layers)
             if layers.secrets_version == old and current == previous:
                 self.log("sessions_idle_replaced", reason=reason, version=old)

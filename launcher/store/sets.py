@@ -17,10 +17,22 @@ Reading the current version is: read the file, parse line 1, unwrap the data key
 against the bytes before it. History and key times are parsed only by the commands that
 show or change them.
 
-Writes take an exclusive `flock` on a side file (the set file itself is replaced by rename,
-so it cannot carry the lock), write a temporary file in the same directory, fsync, read it
-back and verify it, rename it over the set, and fsync the directory: after a crash at any
-instant the set is its old or its new version.
+Writes take an exclusive `flock` on a side file, `.<set>.lock` (the set file itself is
+replaced by rename, so it cannot carry the lock), write a temporary file in the same
+directory, fsync, read it back and verify it, rename it over the set, and fsync the
+directory: after a crash at any instant the set is its old or its new version. Writers also
+hold the store's keyring lock shared (keyring.py: `key rotate` holds it exclusively).
+
+Lock files are never deleted, not even by `secrets delete` (issue #12: a writer may hold or
+wait on the lock's inode; unlinking it let the next writer lock a new inode and enter the
+critical section beside it). They are only created for sets that are being written, never by
+a command that fails because the set does not exist. A lock file also remembers the highest
+version ever written to its set, so a set deleted and written again, or an older file put
+back by hand, continues above every version a launcher may have run: versions only move
+forward (launchers refuse to move back, source.py).
+
+Written by root, a file keeps its owner and group, and a new one takes the store
+directory's (files.py): `sudo agent-run secrets set` does not lock a service out.
 
 Reading is on the launch critical path, so the module works on `str` paths with `os.path`:
 `pathlib` costs ~4 ms to import (it pulls in urllib.parse and ipaddress), `typing` and
@@ -37,7 +49,8 @@ from collections.abc import Callable, Mapping
 from launcher.errors import ConfigError, DecryptionFailed, OperationFailed, PermissionProblem
 from launcher.record import NamedTuple
 from launcher.store import crypto
-from launcher.store.keys import MasterKey, fsync_directory, read_key_file
+from launcher.store.files import fsync_directory, give, owner_of
+from launcher.store.keyring import KEYRING_LOCK, Keyring
 from launcher.store.names import check_set_name, check_set_size
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (launch path)
@@ -46,7 +59,7 @@ if TYPE_CHECKING:
     from types import TracebackType
     from typing import Any
 
-    from launcher.store.keys import StrPath
+    from launcher.store.keys import MasterKey, StrPath
     from launcher.store.metadata import Metadata, MetadataEdit
     from launcher.store.model import SecretSet
 
@@ -370,17 +383,23 @@ class Store:
 
     # --- reading with the key ------------------------------------------------------------
 
-    def read(self, name: str, key: MasterKey) -> SecretSet:
-        """The current version of a set, decrypted; ConfigError if missing or not ready."""
+    def read(self, name: str, key: MasterKey | Keyring) -> SecretSet:
+        """The current version of a set, decrypted; ConfigError if missing or not ready.
+
+        With a keyring, a set sealed under a key it does not hold makes it reload its keys
+        and read the file again (keyring.py): how a running launcher follows `key rotate`.
+        """
         from launcher.store.model import Secret, SecretSet, SetStatus
 
-        parsed = self._parse(name, self._read_existing(name))
+        ring = Keyring.of(key)
+        parsed = self._parse_current(name, ring)
+        assert parsed is not None
         if parsed.header.get("status") != READY:
             raise ConfigError(
                 f"secret set {name!r} is not ready (status {parsed.header.get('status')}); "
                 f"write it again with `agent-run secrets set {name} ...`"
             )
-        values = self._open_values(name, parsed, key)
+        values = self._open_values(name, parsed, ring)
         return SecretSet(
             name=name,
             version=int(parsed.header["version"]),
@@ -388,19 +407,37 @@ class Store:
             status=SetStatus.READY,
         )
 
-    def read_platform(self, key: MasterKey) -> dict[str, str]:
+    def read_platform(self, key: MasterKey | Keyring) -> dict[str, str]:
         """The stored platform credentials, decrypted; {} when none are stored."""
-        raw = self._read_file(PLATFORM, missing_ok=True)
-        if raw is None:
-            return {}
-        return self._open_values(PLATFORM, self._parse(PLATFORM, raw), key)
+        return self.read_platform_version(key)[1]
+
+    def read_platform_version(self, key: MasterKey | Keyring) -> tuple[int | None, dict[str, str]]:
+        """The stored platform credentials and their version, decrypted; (None, {}) if none."""
+        ring = Keyring.of(key)
+        parsed = self._parse_current(PLATFORM, ring, missing_ok=True)
+        if parsed is None:
+            return None, {}
+        return int(parsed.header["version"]), self._open_values(PLATFORM, parsed, ring)
+
+    def _parse_current(self, name: str, ring: Keyring, missing_ok: bool = False) -> _Parsed | None:
+        """Read and parse a set; once more after a keyring reload if no key matched it."""
+        for attempt in (0, 1):
+            raw = self._read_file(name, missing_ok=missing_ok)
+            if raw is None:
+                return None
+            parsed = self._parse(name, raw)
+            if attempt or ring.find(parsed.header.get("key_id")) is not None:
+                return parsed
+            if not ring.reload():
+                return parsed  # nothing new to try: _master_for says which key is missing
+        raise AssertionError("unreachable")
 
     # --- writing -------------------------------------------------------------------------
 
     def update(
         self,
         name: str,
-        key: MasterKey,
+        key: MasterKey | Keyring,
         change: Callable[[dict[str, str]], dict[str, str]],
         *,
         must_exist: bool = False,
@@ -410,90 +447,113 @@ class Store:
 
         `change` runs under the lock and may raise a LauncherError to refuse the change
         (nothing is written then). `describe` edits the metadata of keys the new values
-        have. A change that alters nothing writes no new version.
+        have. A change that alters nothing writes no new version. The new version is sealed
+        with the keyring's newest key (keyring.py).
         """
         if name != PLATFORM:
             check_set_name(name)
-        with self._locked(name):
-            raw = self._read_file(name, missing_ok=True)
-            if raw is None and must_exist:
-                raise self._not_found(name)
-            parsed = self._parse(name, raw) if raw is not None else None
-            old = self._open_values(name, parsed, key) if parsed else {}
-            new = change(dict(old))
-            check_set_size(name, new)
-            old_metadata = self._metadata(name, parsed) if parsed else {}
-            metadata = _edit_metadata(name, old_metadata, new, describe or {})
-            diff = _diff(old, new, old_metadata, metadata)
-            previous = int(parsed.header["version"]) if parsed else None
-            if parsed is not None and diff.empty:
-                return WriteResult(name, previous or 0, diff, previous)
-            version = (previous or 0) + 1
-            self._write(name, key, parsed, old, new, version, diff, metadata)
-            return WriteResult(name, version, diff, previous)
+        ring = Keyring.of(key)
+        with self.keyring_lock(exclusive=False):
+            ring.reload()  # a rotation may have finished while we waited for the lock
+            with self._locked(name, must_exist=must_exist) as lock:
+                raw = self._read_file(name, missing_ok=True)
+                if raw is None and must_exist:
+                    raise self._not_found(name)
+                parsed = self._parse(name, raw) if raw is not None else None
+                old = self._open_values(name, parsed, ring) if parsed else {}
+                new = change(dict(old))
+                check_set_size(name, new)
+                old_metadata = self._metadata(name, parsed) if parsed else {}
+                metadata = _edit_metadata(name, old_metadata, new, describe or {})
+                diff = _diff(old, new, old_metadata, metadata)
+                previous = int(parsed.header["version"]) if parsed else None
+                if parsed is not None and diff.empty:
+                    return WriteResult(name, previous or 0, diff, previous)
+                version = max(previous or 0, lock.high_water()) + 1
+                self._write(name, ring, parsed, old, new, version, diff, metadata)
+                lock.record(version)
+                return WriteResult(name, version, diff, previous)
 
-    def rollback(self, name: str, key: MasterKey, version: int | None = None) -> WriteResult:
+    def rollback(
+        self, name: str, key: MasterKey | Keyring, version: int | None = None
+    ) -> WriteResult:
         """Restore an earlier version's values as a new version."""
         check_set_name(name)
-        with self._locked(name):
-            parsed = self._parse(name, self._read_existing(name))
-            current = int(parsed.header["version"])
-            old = self._open_values(name, parsed, key)  # authenticates lines 1-3 first
-            history = self._history(name, parsed)
-            if not history:
-                raise OperationFailed(f"set {name!r} has no earlier version to roll back to")
-            target = version if version is not None else int(history[0]["version"])
-            entry = next((e for e in history if int(e["version"]) == target), None)
-            if entry is None:
-                kept = ", ".join(str(e["version"]) for e in history)
-                raise OperationFailed(
-                    f"set {name!r} has no version {target} to roll back to "
-                    f"(current v{current}; kept: {kept})"
-                )
-            data_key = self._data_key(name, parsed, key)
-            try:
-                restored = _decode_values(
-                    crypto.open_sealed(
-                        data_key,
-                        crypto.b64decode_strict(str(entry["sealed"])),
-                        _history_context(name, entry),
-                    )
-                )
-            except (KeyError, DecryptionFailed, ValueError, UnicodeDecodeError):
-                raise DecryptionFailed(
-                    f"version {target} of set {name!r} is damaged or was altered; "
-                    "nothing was restored"
-                ) from None
-            # Values go back; descriptions and tags stay as they are now (for the keys the
-            # restored version has): metadata documents a secret, it is not part of a version.
-            metadata = {k: m for k, m in self._metadata(name, parsed).items() if k in restored}
-            diff = _diff(old, restored)
-            self._write(name, key, parsed, old, restored, current + 1, diff, metadata)
-            return WriteResult(name, current + 1, diff, current)
+        ring = Keyring.of(key)
+        with self.keyring_lock(exclusive=False):
+            ring.reload()
+            with self._locked(name, must_exist=True) as lock:
+                return self._rollback(name, ring, version, lock)
 
-    def delete(self, name: str) -> None:
-        """Remove a set and its history (the lock file goes too)."""
+    def _rollback(
+        self, name: str, key: Keyring, version: int | None, lock: _SetLock
+    ) -> WriteResult:
+        parsed = self._parse(name, self._read_existing(name))
+        current = int(parsed.header["version"])
+        old = self._open_values(name, parsed, key)  # authenticates lines 1-3 first
+        history = self._history(name, parsed)
+        if not history:
+            raise OperationFailed(f"set {name!r} has no earlier version to roll back to")
+        target = version if version is not None else int(history[0]["version"])
+        entry = next((e for e in history if int(e["version"]) == target), None)
+        if entry is None:
+            kept = ", ".join(str(e["version"]) for e in history)
+            raise OperationFailed(
+                f"set {name!r} has no version {target} to roll back to "
+                f"(current v{current}; kept: {kept})"
+            )
+        data_key = self._data_key(name, parsed, key)
+        try:
+            restored = _decode_values(
+                crypto.open_sealed(
+                    data_key,
+                    crypto.b64decode_strict(str(entry["sealed"])),
+                    _history_context(name, entry),
+                )
+            )
+        except (KeyError, DecryptionFailed, ValueError, UnicodeDecodeError):
+            raise DecryptionFailed(
+                f"version {target} of set {name!r} is damaged or was altered; nothing was restored"
+            ) from None
+        # Values go back; descriptions and tags stay as they are now (for the keys the
+        # restored version has): metadata documents a secret, it is not part of a version.
+        metadata = {k: m for k, m in self._metadata(name, parsed).items() if k in restored}
+        diff = _diff(old, restored)
+        new_version = max(current, lock.high_water()) + 1
+        self._write(name, key, parsed, old, restored, new_version, diff, metadata)
+        lock.record(new_version)
+        return WriteResult(name, new_version, diff, current)
+
+    def delete(self, name: str) -> int:
+        """Remove a set and its history; the version it had.
+
+        The lock file stays (module docstring): it is what excludes the writers still
+        waiting, and it keeps the set's highest version for a set of the same name later.
+        """
         check_set_name(name)
-        with self._locked(name):
-            self._read_existing(name)
+        with self._locked(name, must_exist=True) as lock:
+            version = int(self._parse(name, self._read_existing(name)).header["version"])
+            lock.record(max(version, lock.high_water()), durable=True)
             os.unlink(self._file(name))
             self._fsync_root()
-        try:
-            os.unlink(self._lock_path(name))
-        except FileNotFoundError:
-            pass
+        return version
 
-    def rewrap(self, name: str, old: MasterKey, new: MasterKey) -> bool:
+    def keyring_lock(self, exclusive: bool) -> _SetLock:
+        """The store-wide lock of keyring.py: shared by writers, exclusive for `key rotate`."""
+        return self._lock_file(os.path.join(self.directory, KEYRING_LOCK), "the store", exclusive)
+
+    def rewrap(self, name: str, keys: Keyring, new: MasterKey) -> bool:
         """Seal a set's data key under a new master key; values and version unchanged.
 
-        Returns False when the set already uses the new key (a resumed rotation).
+        Returns False when the set already uses the new key (a resumed rotation). The caller
+        (keyring.rotate) holds the keyring lock exclusively.
         """
-        with self._locked(name):
+        with self._locked(name, must_exist=True):
             parsed = self._parse(name, self._read_existing(name))
             if parsed.header["key_id"] == new.id:
                 return False
-            values = self._open_values(name, parsed, old)
-            data_key = self._data_key(name, parsed, old)
+            values = self._open_values(name, parsed, keys)
+            data_key = self._data_key(name, parsed, keys)
             header = dict(
                 parsed.header,
                 key_id=new.id,
@@ -603,23 +663,19 @@ class Store:
             raise self._damaged(name)
         return history
 
-    def _key_for(self, name: str, parsed: _Parsed, key: MasterKey) -> MasterKey:
+    def _key_for(self, name: str, parsed: _Parsed, keys: Keyring) -> MasterKey:
         wanted = parsed.header.get("key_id")
-        if wanted == key.id:
-            return key
-        if key.path is not None:
-            # A rotation in progress: some sets are already sealed under the next key.
-            pending = key.path + ".next"
-            if os.path.exists(pending):
-                candidate = read_key_file(pending)
-                if candidate.id == wanted:
-                    return candidate
+        found = keys.find(wanted)
+        if found is None and keys.reload():
+            found = keys.find(wanted)
+        if found is not None:
+            return found
         raise DecryptionFailed(
-            f"set {name!r} is sealed with master key {wanted}, but the key from {key.source} "
-            f"is {key.id}; use the matching key (AGENT_RUN_MASTER_KEY, --key-file, ...)"
+            f"set {name!r} is sealed with master key {wanted}, but {keys.describe()}; "
+            "use the matching key (AGENT_RUN_MASTER_KEY, --key-file, ...)"
         )
 
-    def _data_key(self, name: str, parsed: _Parsed, key: MasterKey) -> bytes:
+    def _data_key(self, name: str, parsed: _Parsed, key: Keyring) -> bytes:
         master = self._key_for(name, parsed, key)
         try:
             wrapped = crypto.b64decode_strict(str(parsed.header["data_key"]))
@@ -630,7 +686,7 @@ class Store:
                 "the file was altered or the key is wrong"
             ) from None
 
-    def _open_values(self, name: str, parsed: _Parsed | None, key: MasterKey) -> dict[str, str]:
+    def _open_values(self, name: str, parsed: _Parsed | None, key: Keyring) -> dict[str, str]:
         assert parsed is not None
         data_key = self._data_key(name, parsed, key)
         try:
@@ -645,7 +701,7 @@ class Store:
     def _write(
         self,
         name: str,
-        key: MasterKey,
+        keys: Keyring,
         parsed: _Parsed | None,
         old_values: dict[str, str],
         values: dict[str, str],
@@ -654,13 +710,14 @@ class Store:
         metadata: Mapping[str, Metadata],
     ) -> None:
         now = _iso(self._clock())
+        key = keys.newest  # always seal with the newest key (keyring.py)
         if parsed is None:
             data_key = crypto.new_key()
             old_times: dict[str, dict[str, str]] = {}
             history: list[dict[str, Any]] = []
             created = now
         else:
-            data_key = self._data_key(name, parsed, key)
+            data_key = self._data_key(name, parsed, keys)
             old_meta = self._meta(name, parsed)
             old_times = old_meta["keys"]
             created = old_meta.get("created", now)
@@ -721,14 +778,16 @@ class Store:
                 except FileNotFoundError:
                     pass
         tmp = os.path.join(self.directory, f"{prefix}{os.getpid()}{suffix}")
+        owner = owner_of(target)  # kept across a rewrite by root (module docstring)
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
+                give(fd, owner)
                 os.write(fd, content)
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            self._verify(name, tmp, values, key)
+            self._verify(name, tmp, values, Keyring.of(key))
             os.replace(tmp, target)
         except PermissionError:
             raise PermissionProblem(
@@ -745,7 +804,7 @@ class Store:
                 pass
         self._fsync_root()
 
-    def _verify(self, name: str, path: str, values: dict[str, str], key: MasterKey) -> None:
+    def _verify(self, name: str, path: str, values: dict[str, str], key: Keyring) -> None:
         """Read the written file back before it replaces the set: status `ready` means this."""
         try:
             with open(path, "rb") as stream:
@@ -757,19 +816,27 @@ class Store:
         if not ok:
             raise OperationFailed(f"set {name!r} did not verify after writing; nothing was changed")
 
-    def _locked(self, name: str) -> _SetLock:
+    def _locked(self, name: str, must_exist: bool = False) -> _SetLock:
+        """The set's lock; with `must_exist`, a missing set is refused before any lock file
+        is made for it (no stray `.nosuch.lock`)."""
+        if must_exist and not os.path.exists(self._file(name)):
+            raise self._not_found(name)
+        return self._lock_file(self._lock_path(name), f"set {name!r}", True)
+
+    def _lock_file(self, path: str, what: str, exclusive: bool) -> _SetLock:
         self._ensure_root()
         try:
-            fd = os.open(self._lock_path(name), os.O_RDWR | os.O_CREAT, 0o600)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except PermissionError:
             raise PermissionProblem(
                 f"cannot write to store {self.directory}: permission denied"
             ) from None
         except OSError as error:
             raise OperationFailed(
-                f"cannot lock set {name!r} in {self.directory}: {error.strerror}"
+                f"cannot lock {what} in {self.directory}: {error.strerror}"
             ) from None
-        return _SetLock(fd)
+        give(fd, owner_of(self.directory))  # a service's store stays the service's
+        return _SetLock(fd, exclusive)
 
     def _ensure_root(self) -> None:
         try:
@@ -784,23 +851,42 @@ class Store:
 
 
 class _SetLock:
-    """`with store._locked(name):` holds an exclusive flock on the set's side file.
+    """`with store._locked(name) as lock:` holds an flock on the set's side file.
 
     A class rather than `contextlib.contextmanager`: contextlib (~0.5 ms) is not otherwise
-    imported on the launch path, which reads without locking.
+    imported on the launch path, which reads without locking. The file's content is the
+    highest version ever written to the set (module docstring).
     """
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, exclusive: bool = True) -> None:
         self._fd = fd
+        self._exclusive = exclusive
 
-    def __enter__(self) -> None:
+    def __enter__(self) -> _SetLock:
         import fcntl
 
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            fcntl.flock(self._fd, fcntl.LOCK_EX if self._exclusive else fcntl.LOCK_SH)
         except BaseException:
             os.close(self._fd)
             raise
+        return self
+
+    def high_water(self) -> int:
+        """The highest version recorded for this set (0 when none was)."""
+        try:
+            return int(os.pread(self._fd, 32, 0).strip() or b"0")
+        except ValueError:
+            return 0  # an old, empty or foreign lock file: the set file's version decides
+
+    def record(self, version: int, durable: bool = False) -> None:
+        if version <= self.high_water():
+            return
+        data = str(version).encode()
+        os.pwrite(self._fd, data, 0)
+        os.ftruncate(self._fd, len(data))
+        if durable:
+            os.fsync(self._fd)
 
     def __exit__(
         self,

@@ -22,7 +22,7 @@ import anyio.abc
 
 from launcher.config import RestartPolicy, RunConfig
 from launcher.environment import EnvironmentLayers
-from launcher.errors import LauncherError
+from launcher.errors import LauncherError, VersionRegression
 from launcher.ops.status import (
     PoolStatus,
     RolloutState,
@@ -297,6 +297,16 @@ class Engine:
             try:
                 layers = load()
             except LauncherError as error:
+                if isinstance(error, VersionRegression):
+                    # An older set file put back (#12): refused by the secrets source; the
+                    # pool keeps serving what it runs.
+                    self._refused += 1
+                    self.log(
+                        "secrets_version_refused",
+                        reason=error.message,
+                        serving_version=self.serving_version(),
+                        level="error",
+                    )
                 self.log("rollout_skipped", reason=error.message, level="error")
                 self._skipped = error.message
                 self._resolve_waiters(
@@ -501,6 +511,7 @@ class Engine:
     # --- reporting ---------------------------------------------------------------------
 
     _skipped: str | None = None
+    _refused = 0  # store versions refused as older than one already served (#12)
 
     def _report(self, notes: planner.Notes) -> None:
         for pid in notes.not_ready:
@@ -646,6 +657,7 @@ class Engine:
             started_at=self._wall(rollout.started),
             finished_at=self._wall(rollout.finished),
             reason=rollout.reason if rollout.verdict is Verdict.ABORTED else self._skipped,
+            refused=self._refused,
         )
         return PoolStatus(
             name=name,
