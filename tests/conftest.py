@@ -265,3 +265,25 @@ def launch(cli: CLI, probe_dir: Path) -> Iterator[Callable[..., Launcher]]:
     yield start
     for launcher in started:
         launcher.stop()
+
+
+@pytest.fixture(scope="session")
+def nobody_can_run() -> None:
+    """Skip unless root can run the CLI as uid 65534 (tests/as_user.py)."""
+    from .as_user import cannot_run_as_nobody
+
+    reason = cannot_run_as_nobody()
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def shared_dir(nobody_can_run: None) -> Iterator[Path]:
+    """A directory every local user can traverse (pytest's tmp_path is private to root)."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="agent-run-test-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

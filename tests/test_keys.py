@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +15,8 @@ import pytest
 from launcher.errors import ConfigError, PermissionProblem
 from launcher.store import keys
 from launcher.store.keys import MasterKey, load_master_key
+
+from .as_user import NOBODY, run_cli, setpriv_prefix
 
 
 def _key_file(path: Path, mode: int = 0o600, raw: bool = False) -> bytes:
@@ -160,3 +164,192 @@ def test_repr_never_shows_the_key() -> None:
     assert "AGENT_RUN_MASTER_KEY" in shown
     assert base64.b64encode(raw).decode() not in shown and repr(raw) not in shown
     assert raw.hex() not in shown
+
+
+# --- keys as platforms deliver them (real CLI processes, files owned as there) -------------
+
+ACL_XATTR = "system.posix_acl_access"
+ACL_USER_OBJ, ACL_USER, ACL_GROUP_OBJ, ACL_MASK, ACL_OTHER = 0x01, 0x02, 0x04, 0x10, 0x20
+ACL_UNDEFINED_ID = 0xFFFFFFFF
+
+
+def _grant(path: Path, owner: int, uid: int, perm: int) -> None:
+    """What systemd does for `User=`: an ACL entry `user:UID:perm`, no access for group/others.
+
+    Written as the kernel's xattr (what setfacl writes), so the test needs no `acl` package;
+    `ls -l` then shows the mask in the group bits (0400 file -> 0440, 0500 dir -> 0550).
+    """
+    entries = [
+        (ACL_USER_OBJ, owner, ACL_UNDEFINED_ID),
+        (ACL_USER, perm, uid),
+        (ACL_GROUP_OBJ, 0, ACL_UNDEFINED_ID),
+        (ACL_MASK, perm, ACL_UNDEFINED_ID),
+        (ACL_OTHER, 0, ACL_UNDEFINED_ID),
+    ]
+    blob = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *entry) for entry in entries)
+    try:
+        os.setxattr(path, ACL_XATTR, blob)
+    except OSError as error:
+        pytest.skip(f"POSIX ACLs not supported here: {error.strerror}")
+
+
+def _service_env(cli_env: dict[str, str], store: Path, **extra: str) -> dict[str, str]:
+    store.mkdir(mode=0o700, exist_ok=True)
+    os.chown(store, NOBODY, NOBODY)
+    return {**cli_env, "AGENT_RUN_HOME": str(store), "AGENT_RUN_MASTER_KEY": "", **extra}
+
+
+def test_systemd_credential_with_an_acl_is_accepted(
+    cli_env: dict[str, str], shared_dir: Path
+) -> None:
+    """A LoadCredential= key (root, 0400 + ACL for User=, shown as 0440) works for that user."""
+    credentials = shared_dir / "credentials"
+    credentials.mkdir()
+    key = credentials / "agent-run.key"
+    key.write_bytes(base64.b64encode(os.urandom(32)) + b"\n")
+    key.chmod(0o400)
+    _grant(key, 0o4, NOBODY, 0o4)
+    credentials.chmod(0o500)
+    _grant(credentials, 0o5, NOBODY, 0o5)
+    assert oct(key.stat().st_mode & 0o777) == "0o440"
+    env = _service_env(cli_env, shared_dir / "store", CREDENTIALS_DIRECTORY=str(credentials))
+    result = run_cli(["secrets", "set", "prod", "A=1"], env, shared_dir, NOBODY)
+    assert result.returncode == 0, result.stderr
+    assert not (shared_dir / "store" / "master.key").exists()  # the credential was the key
+
+
+def test_a_credentials_directory_others_can_enter_is_not_trusted(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """$CREDENTIALS_DIRECTORY pointed at a shared folder: a 0644 key there is refused, with a way out."""
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    _key_file(shared / "agent-run.key", 0o644)
+    env = {**cli_env, "AGENT_RUN_MASTER_KEY": "", "CREDENTIALS_DIRECTORY": str(shared)}
+    result = run_cli(["secrets", "set", "prod", "A=1"], env, tmp_path)
+    assert result.returncode == 77
+    assert "not private" in result.stderr and "LoadCredential=" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def _unshare_or_skip() -> None:
+    if shutil.which("unshare") is None or shutil.which("setpriv") is None:
+        pytest.skip("needs util-linux's unshare and setpriv")
+    probe = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", "mount -t tmpfs tmpfs /mnt"],
+        capture_output=True,
+        timeout=60,
+    )
+    if probe.returncode != 0:
+        pytest.skip("cannot create a mount namespace here (needs CAP_SYS_ADMIN)")
+
+
+def _in_container(
+    setup: str, args: list[str], env: dict[str, str], cwd: Path, uid: int = NOBODY
+) -> subprocess.CompletedProcess[str]:
+    """Run `agent-run ARGS` as `uid` in a private mount namespace prepared by `setup`.
+
+    The namespace gets its own empty /run (a tmpfs), so /run/secrets there is what `setup`
+    makes of it, as in a container; nothing is mounted on the host.
+    """
+    script = "mount -t tmpfs -o mode=0755 tmpfs /run\nmkdir /run/secrets\n" + setup + '\nexec "$@"'
+    argv = [*setpriv_prefix(uid), sys.executable, "-m", "launcher", *args]
+    return subprocess.run(
+        ["unshare", "--mount", "sh", "-ec", script, "sh", *argv],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def _root_key(path: Path, mode: int) -> None:
+    path.write_bytes(base64.b64encode(os.urandom(32)) + b"\n")
+    os.chown(path, 0, 0)
+    path.chmod(mode)
+
+
+def test_docker_secret_0444_is_accepted(cli_env: dict[str, str], shared_dir: Path) -> None:
+    """A Docker secret (root-owned 0444, bind-mounted at /run/secrets) works for the app user."""
+    _unshare_or_skip()
+    _root_key(shared_dir / "secret", 0o444)
+    setup = f"touch /run/secrets/agent-run.key\nmount --bind {shared_dir / 'secret'} /run/secrets/agent-run.key"
+    env = _service_env(cli_env, shared_dir / "store")
+    result = _in_container(setup, ["secrets", "set", "prod", "A=1"], env, shared_dir)
+    assert result.returncode == 0, result.stderr
+    assert not (shared_dir / "store" / "master.key").exists()
+
+
+KUBERNETES_VOLUME = """mount -t tmpfs -o mode=0755 tmpfs /run/secrets
+mkdir /run/secrets/..2026_12_01_00_00_00.1
+cp {key} /run/secrets/..2026_12_01_00_00_00.1/agent-run.key
+chmod {mode} /run/secrets/..2026_12_01_00_00_00.1/agent-run.key
+ln -s ..2026_12_01_00_00_00.1 /run/secrets/..data
+ln -s {target} /run/secrets/agent-run.key"""
+
+
+def test_kubernetes_secret_volume_0644_is_accepted(
+    cli_env: dict[str, str], shared_dir: Path
+) -> None:
+    """A Kubernetes Secret volume (0644 root files behind `..data` symlinks) works for the app."""
+    _unshare_or_skip()
+    _root_key(shared_dir / "secret", 0o600)
+    setup = KUBERNETES_VOLUME.format(
+        key=shared_dir / "secret", mode="0644", target="..data/agent-run.key"
+    )
+    env = _service_env(cli_env, shared_dir / "store")
+    result = _in_container(setup, ["secrets", "set", "prod", "A=1"], env, shared_dir)
+    assert result.returncode == 0, result.stderr
+    assert not (shared_dir / "store" / "master.key").exists()
+
+
+def test_a_link_out_of_a_secret_volume_gets_no_trust(
+    cli_env: dict[str, str], shared_dir: Path
+) -> None:
+    """A /run/secrets link to a 0644 file elsewhere is judged where the file lies: refused."""
+    _unshare_or_skip()
+    _root_key(shared_dir / "secret", 0o600)
+    _root_key(shared_dir / "elsewhere.key", 0o644)
+    setup = KUBERNETES_VOLUME.format(
+        key=shared_dir / "secret", mode="0644", target=shared_dir / "elsewhere.key"
+    )
+    env = _service_env(cli_env, shared_dir / "store")
+    result = _in_container(setup, ["secrets", "set", "prod", "A=1"], env, shared_dir)
+    assert result.returncode == 77
+    assert "links out of /run/secrets" in result.stderr
+    assert f"chmod 600 {shared_dir / 'elsewhere.key'}" in result.stderr
+
+
+def test_run_secrets_on_an_ordinary_host_keeps_the_strict_rule(
+    cli_env: dict[str, str], shared_dir: Path
+) -> None:
+    """A 0644 key in a plain /run/secrets folder (no secret mount) is refused: others can read it."""
+    _unshare_or_skip()
+    _root_key(shared_dir / "secret", 0o644)
+    setup = f"cp -p {shared_dir / 'secret'} /run/secrets/agent-run.key"
+    env = _service_env(cli_env, shared_dir / "store")
+    result = _in_container(setup, ["secrets", "set", "prod", "A=1"], env, shared_dir)
+    assert result.returncode == 77
+    assert "plain directory" in result.stderr and "chmod 600" in result.stderr
+
+
+def test_a_key_owned_by_another_user_is_refused(cli_env: dict[str, str], shared_dir: Path) -> None:
+    """A 0600 key that another user owns (and so could replace) is refused, with the chown."""
+    keys_dir = shared_dir / "keys"
+    keys_dir.mkdir(mode=0o755)
+    key = keys_dir / "other.key"
+    _key_file(key, 0o600)
+    os.chown(key, NOBODY, NOBODY)
+    env = {**cli_env, "AGENT_RUN_MASTER_KEY": ""}
+    result = run_cli(["secrets", "set", "prod", "A=1", "--key-file", str(key)], env, shared_dir)
+    assert result.returncode == 77
+    assert "owned by nobody (uid 65534)" in result.stderr and "chown root" in result.stderr
+
+
+def test_a_fifo_in_place_of_the_key_does_not_hang(tmp_path: Path) -> None:
+    """The key file is opened non-blocking and must be a regular file: a FIFO is refused at once."""
+    os.mkfifo(tmp_path / "k", 0o600)
+    with pytest.raises(PermissionProblem, match="not a regular file"):
+        load_master_key(tmp_path, tmp_path / "k", {})

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import random
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,9 @@ import pytest
 from launcher.errors import ConfigError, DecryptionFailed, OperationFailed
 from launcher.store.keys import MasterKey
 from launcher.store.sets import Store, crypto
+
+from .as_user import NOBODY, run_cli
+from .conftest import CLI
 
 
 @pytest.fixture
@@ -280,3 +285,88 @@ def test_a_file_of_another_format_says_so(tmp_path: Path, key: MasterKey) -> Non
     path.write_bytes(path.read_bytes().replace(b'"format":2', b'"format":1', 1))
     with pytest.raises(ConfigError, match="format 1"):
         store.read("s", key)
+
+
+def _blocked_on(inode: int, pid: int) -> bool:
+    """True when `pid` waits in /proc/locks for a lock on `inode`."""
+    with open("/proc/locks") as stream:
+        for line in stream:
+            fields = line.split()
+            waiting = "->" in fields and str(pid) in fields
+            if waiting and any(f.count(":") == 2 and f.split(":")[2] == str(inode) for f in fields):
+                return True
+    return False
+
+
+def test_a_lock_held_across_a_delete_still_excludes_the_next_writer(
+    cli: CLI, store_dir: Path
+) -> None:
+    """A writer holding the set's lock while `secrets delete` runs still keeps the next one out."""
+    cli("secrets", "set", "s", "A=1")
+    # A writer that opened the lock file before the delete, and takes the lock after it
+    # (issue #12: delete unlinked the file, so the next writer locked a new one).
+    fd = os.open(store_dir / ".s.lock", os.O_RDWR)
+    try:
+        assert cli("secrets", "delete", "s", "--yes").returncode == 0
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        writer = subprocess.Popen(
+            list(cli.argv("secrets", "set", "s", "B=2")),
+            env=cli.env,
+            cwd=cli.cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        inode = os.fstat(fd).st_ino
+        deadline = time.monotonic() + 60
+        while writer.poll() is None and not _blocked_on(inode, writer.pid):
+            assert time.monotonic() < deadline, "the writer neither blocked nor finished"
+            time.sleep(0.01)
+        assert writer.poll() is None, "a writer entered the set while another held its lock"
+    finally:
+        os.close(fd)  # leaves the critical section
+    out, err = writer.communicate(timeout=60)
+    assert writer.returncode == 0, err
+    assert "s v2" in out  # and the versions continue above the deleted set's
+
+
+def test_commands_on_a_missing_set_leave_no_lock_file(cli: CLI, store_dir: Path) -> None:
+    """delete, unset and rollback of a set that does not exist create nothing in the store."""
+    cli("secrets", "set", "a", "K=1")
+    before = sorted(os.listdir(store_dir))
+    for args in (
+        ("secrets", "delete", "nosuch", "--yes"),
+        ("secrets", "unset", "nosuch", "K"),
+        ("secrets", "rollback", "nosuch"),
+    ):
+        result = cli(*args)
+        assert result.returncode == 78 and "not found" in result.stderr, args
+    assert sorted(os.listdir(store_dir)) == before
+
+
+def test_a_set_written_again_after_delete_continues_its_versions(cli: CLI) -> None:
+    """A deleted set written again starts above its old versions, so launchers follow it."""
+    for n in range(3):
+        cli("secrets", "set", "s", f"K={n}")
+    assert cli("secrets", "delete", "s", "--yes").returncode == 0
+    again = cli("secrets", "set", "s", "K=new")
+    assert again.returncode == 0 and "s v4" in again.stdout
+
+
+def test_a_set_rewritten_by_root_keeps_the_service_as_owner(cli: CLI, shared_dir: Path) -> None:
+    """`sudo agent-run secrets set` on a service's store leaves every file the service's."""
+    store = shared_dir / "store"
+    store.mkdir(mode=0o700)
+    os.chown(store, NOBODY, NOBODY)
+    env = {**cli.env, "AGENT_RUN_HOME": str(store), "AGENT_RUN_MASTER_KEY": ""}
+    assert run_cli(["secrets", "set", "prod", "A=1"], env, shared_dir, NOBODY).returncode == 0
+    as_root = run_cli(["secrets", "set", "prod", "B=2"], env, shared_dir)
+    assert as_root.returncode == 0, as_root.stderr
+    as_root = run_cli(["secrets", "set", "other", "C=3"], env, shared_dir)  # a new set, too
+    assert as_root.returncode == 0, as_root.stderr
+    owners = {p.name: (p.stat().st_uid, p.stat().st_gid) for p in store.iterdir()}
+    assert set(owners.values()) == {(NOBODY, NOBODY)}, owners
+    again = run_cli(["secrets", "set", "prod", "D=4"], env, shared_dir, NOBODY)
+    assert again.returncode == 0 and "prod v3" in again.stdout, again.stderr
+    other = run_cli(["secrets", "set", "other", "E=5"], env, shared_dir, NOBODY)
+    assert other.returncode == 0, other.stderr

@@ -104,3 +104,24 @@ async def test_kubelet_symlink_swap_is_a_change(tmp_path: Path) -> None:
         old.rmdir()
 
     assert await _first_change(tmp_path, "v1", kubelet_update) in {f"v{n}" for n in range(2, 400)}
+
+
+async def test_a_write_right_after_the_first_read_is_seen(tmp_path: Path) -> None:
+    """A write that lands just after the watcher's first fingerprint read is still reported."""
+    _atomic_write(tmp_path / "prod.set", "v1")
+    reads = 0
+
+    def read_then_write() -> str | None:
+        # Forced interleaving: the store moves on right after the watcher's first read, the
+        # moment the watch must already be armed (issue #12: it was not yet, and the write
+        # went unseen until some later change).
+        nonlocal reads
+        reads += 1
+        value = _version(tmp_path)
+        if reads == 1:
+            _atomic_write(tmp_path / "prod.set", "v2")
+        return value
+
+    stream = fingerprints(tmp_path, read_then_write, "v1")
+    with anyio.fail_after(20):
+        assert await stream.__anext__() == "v2"

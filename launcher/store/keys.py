@@ -14,7 +14,8 @@ agent-run (and root) may be able to read or replace the key.** How that is estab
 - The file is opened first and judged by `fstat` of the open file, so what is checked is what
   is read (no stat-then-open race; O_NONBLOCK so a FIFO planted there cannot hang us).
 - It must be a regular file owned by root or by the user running agent-run, with no write bit
-  for group or others.
+  for group or others. (Root may also use a key owned by the owner of the directory it lies
+  in: `sudo agent-run secrets set` on a service's store reads the service's own key.)
 - If its mode lets group or others read it, it is accepted only where the platform that put it
   there keeps other users out:
   * in `$CREDENTIALS_DIRECTORY` when that directory is owned by root or by us and others
@@ -151,6 +152,14 @@ def _user(uid: int) -> str:
         return f"uid {uid}"
 
 
+def _owner(path: str) -> int | None:
+    """The uid owning the directory that holds `path`."""
+    try:
+        return os.stat(os.path.dirname(path) or ".").st_uid
+    except OSError:
+        return None
+
+
 def _has_acl(path: str) -> bool:
     try:
         os.getxattr(path, "system.posix_acl_access")
@@ -248,7 +257,8 @@ def _judge(path: str, resolved: str, info: os.stat_result, environ: Mapping[str,
         )
     place = _place(path, resolved, environ)
     mode = stat.S_IMODE(info.st_mode)
-    if info.st_uid not in (0, os.geteuid()):
+    euid = os.geteuid()
+    if info.st_uid not in (0, euid) and not (euid == 0 and _owner(resolved) == info.st_uid):
         raise PermissionProblem(
             f"key file {shown} is owned by {_user(info.st_uid)}, who could replace the key; "
             f"{place.owner_advice}"
