@@ -33,7 +33,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from launcher.errors import ConfigError, UsageError
+from launcher.errors import ConfigError, OperationFailed, UsageError
 from launcher.record import NamedTuple
 from launcher.store.keys import (
     NEXT_SUFFIX,
@@ -82,9 +82,10 @@ class Keyring:
     ) -> Keyring:
         """Load the keys from their sources (keys.py's order); `create` as load_master_key."""
         current = load_master_key(store_root, key_file, environ, create=create)
+        following = _read_next(current.path, environ)
         ring = cls(
             current,
-            _read_next(current.path, environ),
+            following if following is None or following.id != current.id else None,
             root=os.fspath(store_root),
             key_file=None if key_file is None else os.fspath(key_file),
             environ=environ,
@@ -183,7 +184,13 @@ def rotate(store: Store, keyring: Keyring, new_key_file: StrPath | None = None) 
                 "give --new-key-file FILE for the new key, then point that source at it"
             )
         if not os.path.exists(pending):
-            write_key_file(pending, crypto.new_key())  # resumed rotations reuse it
+            try:
+                write_key_file(pending, crypto.new_key())  # resumed rotations reuse it
+            except OSError as error:
+                raise OperationFailed(
+                    f"cannot write the new key {pending}: {error.strerror}; give "
+                    "--new-key-file FILE somewhere writable, then point the key source at it"
+                ) from None
         new = read_key_file(pending, keyring._environ)
         # Sets already re-sealed by an interrupted run open with the new key.
         both = Keyring(old, new if new.id != old.id else None)

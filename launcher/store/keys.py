@@ -186,66 +186,80 @@ def _private_directory_problem(directory: str) -> str | None:
 
 
 class _Place:
-    """Where a key file lies, as far as the trust rule is concerned."""
+    """Where a key file lies, as far as the trust rule is concerned.
 
-    __slots__ = ("note", "owner_advice", "trusted", "write_advice")
+    `kind` picks the advice a refusal gives (built only on refusal: it looks up user names).
+    """
 
-    def __init__(self, trusted: bool, owner_advice: str, write_advice: str, note: str = "") -> None:
-        self.trusted = trusted  # group/other read bits are the platform's, not a leak
-        self.owner_advice = owner_advice
-        self.write_advice = write_advice
+    __slots__ = ("kind", "note")
+
+    def __init__(self, kind: str, note: str = "") -> None:
+        self.kind = kind  # "ordinary", "credentials", "mount", or "shared-credentials"
         self.note = note  # why an expected platform place is not trusted here
 
+    @property
+    def trusted(self) -> bool:
+        """Group/other read bits here are the platform's doing, not a leak."""
+        return self.kind in ("credentials", "mount")
 
-def _place(path: str, resolved: str, environ: Mapping[str, str]) -> _Place:
-    chmod = f"run `chmod 600 {resolved}`"
-    ordinary = _Place(
-        False,
-        f"run `chown {_user(os.geteuid()).split(' ')[0]} {resolved}` as root, or use a key file "
-        "you own",
-        chmod,
-    )
-    credentials = environ.get("CREDENTIALS_DIRECTORY")
-    if credentials and _inside(path, credentials):
-        directory = os.path.realpath(credentials)
-        if not _inside(resolved, directory):
-            ordinary.note = (
-                f"; it links out of {credentials}, whose trust covers only its own files"
-            )
-            return ordinary
-        problem = _private_directory_problem(directory)
-        if problem is None:
-            fix = (
+    def advice(self, resolved: str, problem: str) -> str:
+        """What to do about `problem` ("owner" or "mode") in this place."""
+        if self.kind == "credentials":
+            return (
                 "deliver the key with `LoadCredential=agent-run.key:/path/to/key` in the unit "
                 "(systemd makes that copy private to the service)"
             )
-            return _Place(True, fix, fix)
-        ordinary.note = f", and $CREDENTIALS_DIRECTORY {credentials} is not private: {problem}"
-        ordinary.write_advice = (
-            f"let systemd provide it with `LoadCredential=agent-run.key:/path/to/key`, or {chmod}"
-        )
-        return ordinary
-    secrets_dir = os.path.dirname(DOCKER_SECRET)
-    if _inside(path, secrets_dir):
-        directory = os.path.realpath(secrets_dir)
-        if not _inside(resolved, directory):
-            ordinary.note = (
-                f"; it links out of {secrets_dir}, whose trust covers only its own files"
-            )
-            return ordinary
-        mounts = [m for m in mount_points() if _inside(m, directory)]
-        if any(_inside(resolved, m) or m == os.path.abspath(path) for m in mounts):
-            mount_fix = (
+        if self.kind == "mount":
+            return (
                 "make the secret read-only and owned by root or this user (Kubernetes: "
                 "`defaultMode: 0400` on the volume and the pod's securityContext; Compose: the "
                 "secret's `mode: 0400` and `uid:`)"
             )
-            return _Place(True, mount_fix, mount_fix)
-        ordinary.note = (
-            f", and {secrets_dir} is a plain directory here, not a Docker or Kubernetes secret "
-            "mount, so other users of this host can read it"
+        chmod = f"run `chmod 600 {resolved}`"
+        if problem == "owner":
+            me = _user(os.geteuid()).split(" ")[0]
+            return f"run `chown {me} {resolved}` as root, or use a key file you own"
+        if self.kind == "shared-credentials":
+            return (
+                "let systemd provide it with `LoadCredential=agent-run.key:/path/to/key`, "
+                f"or {chmod}"
+            )
+        return chmod
+
+
+def _place(path: str, resolved: str, environ: Mapping[str, str]) -> _Place:
+    credentials = environ.get("CREDENTIALS_DIRECTORY")
+    if credentials and _inside(path, credentials):
+        directory = os.path.realpath(credentials)
+        if not _inside(resolved, directory):
+            return _Place(
+                "ordinary",
+                f"; it links out of {credentials}, whose trust covers only its own files",
+            )
+        problem = _private_directory_problem(directory)
+        if problem is None:
+            return _Place("credentials")
+        return _Place(
+            "shared-credentials",
+            f", and $CREDENTIALS_DIRECTORY {credentials} is not private: {problem}",
         )
-    return ordinary
+    secrets_dir = os.path.dirname(DOCKER_SECRET)
+    if _inside(path, secrets_dir):
+        directory = os.path.realpath(secrets_dir)
+        if not _inside(resolved, directory):
+            return _Place(
+                "ordinary",
+                f"; it links out of {secrets_dir}, whose trust covers only its own files",
+            )
+        mounts = [m for m in mount_points() if _inside(m, directory)]
+        if any(_inside(resolved, m) or m == os.path.abspath(path) for m in mounts):
+            return _Place("mount")
+        return _Place(
+            "ordinary",
+            f", and {secrets_dir} is a plain directory here, not a Docker or Kubernetes secret "
+            "mount, so other users of this host can read it",
+        )
+    return _Place("ordinary")
 
 
 def _judge(path: str, resolved: str, info: os.stat_result, environ: Mapping[str, str]) -> None:
@@ -255,24 +269,25 @@ def _judge(path: str, resolved: str, info: os.stat_result, environ: Mapping[str,
         raise PermissionProblem(
             f"key file {shown} is not a regular file; point agent-run at the key file itself"
         )
-    place = _place(path, resolved, environ)
     mode = stat.S_IMODE(info.st_mode)
     euid = os.geteuid()
     if info.st_uid not in (0, euid) and not (euid == 0 and _owner(resolved) == info.st_uid):
         raise PermissionProblem(
             f"key file {shown} is owned by {_user(info.st_uid)}, who could replace the key; "
-            f"{place.owner_advice}"
+            f"{_place(path, resolved, environ).advice(resolved, 'owner')}"
         )
     if mode & 0o022:
         raise PermissionProblem(
             f"key file {shown} is writable by group or others (mode {mode:04o}); "
-            f"{place.write_advice}"
+            f"{_place(path, resolved, environ).advice(resolved, 'mode')}"
         )
-    if mode & 0o044 and not place.trusted:
-        raise PermissionProblem(
-            f"key file {shown} is readable by group or others (mode {mode:04o}){place.note}; "
-            f"{place.write_advice}"
-        )
+    if mode & 0o044:
+        place = _place(path, resolved, environ)
+        if not place.trusted:
+            raise PermissionProblem(
+                f"key file {shown} is readable by group or others (mode {mode:04o}){place.note}; "
+                f"{place.advice(resolved, 'mode')}"
+            )
 
 
 def read_key_file(path: StrPath, environ: Mapping[str, str] = os.environ) -> MasterKey:
