@@ -80,8 +80,9 @@ def main() -> None:
         noise = [f"noise{n}" for n in range(args.noise_sets)]
         for name in noise:
             run("secrets", "set", name, "N=0")
-        base = free_port_base(args.workers)
-        ports = [base + i for i in range(args.workers)]
+        base = free_port_base(2 * args.workers)
+        # A replacement listens on the slot's other lane (PORT+N+i): poll both of each slot.
+        ports = [(base + i, base + args.workers + i) for i in range(args.workers)]
         log_path = Path(tmp) / "launcher.log"
         stop = Path(tmp) / "stop"
         hogs = [
@@ -119,7 +120,11 @@ def main() -> None:
                 version += 1
                 started = time.perf_counter()
                 rotation = subprocess.Popen(
-                    [agent_run, "key", "rotate"], env=env, stdout=subprocess.PIPE, text=True
+                    [agent_run, "key", "rotate"],
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL,  # its reminder to replace deployed copies
+                    text=True,
                 )
                 time.sleep(rng.uniform(0, 0.2))  # the update lands anywhere in the rotation
                 run("secrets", "set", "demo", f"DEMO_API_KEY=v{version}")
@@ -157,15 +162,20 @@ def main() -> None:
         raise SystemExit(1)
 
 
-def wait_all(ports: list[int], version: str, key_sha: str, timeout: float = 120) -> float:
-    """Milliseconds until every worker answers with `version` and the value's hash."""
+def wait_all(
+    ports: list[tuple[int, int]], version: str, key_sha: str, timeout: float = 120
+) -> float:
+    """Milliseconds until every slot (either of its two ports) answers with `version` and the
+    value's hash."""
     start = time.perf_counter()
     pending = set(ports)
     while pending:
-        for port in list(pending):
-            reply = answer(port)
-            if reply.get("version") == version and reply.get("key_sha") == key_sha:
-                pending.discard(port)
+        for lanes in list(pending):
+            for port in lanes:
+                reply = answer(port)
+                if reply.get("version") == version and reply.get("key_sha") == key_sha:
+                    pending.discard(lanes)
+                    break
         if time.perf_counter() - start > timeout:
             raise SystemExit(f"v{version} did not reach every worker within {timeout:g}s")
         time.sleep(0.005)
