@@ -78,6 +78,7 @@ class RunConfig(NamedTuple):
     port_base: int | None = None
     # Operations.
     name: str | None = None  # control socket name; default the bound set
+    user: str | None = None  # --user USER[:GROUP]: workers run as it (launcher/privilege.py)
     health: str | None = None  # HOST:PORT
     log_format: LogFormat = LogFormat.AUTO
     mask: bool = True

@@ -37,7 +37,7 @@ def run(plan: Plan) -> int:
 
         host, port = parse_host_port(config.health, "--health")
         health_socket = bind(host, port, "--health")
-    notify = NotifySocket()
+    notify = NotifySocket(process.worker_user())
     masker = Masker(plan.masked_values) if config.mask else None
     factory = process.WorkerFactory(
         config.target.argv(),

@@ -262,6 +262,15 @@ OPTIONS: tuple[Option, ...] = (
         "HOST:PORT",
     ),
     Option(
+        "--user",
+        "user",
+        str,
+        None,
+        "run workers and session processes as USER[:GROUP] (the launcher must be root; "
+        "supplementary groups cleared): the agent cannot read the store, key or control socket",
+        "USER[:GROUP]",
+    ),
+    Option(
         "--name",
         "name",
         str,
@@ -679,6 +688,7 @@ def build_config(argv: Sequence[str], dev: bool) -> RunConfig:
 
 def build_plan(config: RunConfig) -> Any:
     from launcher.plan import Plan
+    from launcher.privilege import key_environ
     from launcher.store.sets import Store
     from launcher.store.source import Extras, SecretsSource
 
@@ -739,6 +749,9 @@ def build_plan(config: RunConfig) -> Any:
         key_file=config.key_file,
         extras=extras,
         python_target=config.target.is_python,
+        # The key the launcher took out of its environment (launcher/privilege.py) is still
+        # where the keyring looks; compose() keeps it from every worker (PRIVATE_VARIABLES).
+        environ=key_environ(),
     )
     initial = source.snapshot()
     from launcher.process import private_files
@@ -795,8 +808,16 @@ def _read_template(path: str) -> str:
 
 
 def main(argv: list[str]) -> int:
+    from launcher.privilege import protect_launcher
+
+    protect_launcher()  # before anything is spawned or read (launcher/privilege.py)
     dev = bool(argv) and argv[0] == "dev"
     config = build_config(argv[1:] if dev else argv, dev)
+    if config.user is not None:
+        from launcher.privilege import parse_user
+        from launcher.process.worker import set_worker_user
+
+        set_worker_user(parse_user(config.user))
     entry = None
     if config.target.is_python or config.entrypoint or config.mode == "session":
         from launcher.sessions.entrypoint import find_entrypoint

@@ -33,7 +33,8 @@ def parse(message: bytes) -> dict[str, str]:
 
 
 class NotifySocket:
-    def __init__(self) -> None:
+    def __init__(self, owner: tuple[int, int] | None = None) -> None:
+        """`owner`: the (uid, gid) of workers that run as another user (--user)."""
         # A private directory, made by hand: `tempfile` would cost ~3 ms on the launch path.
         base = os.environ.get("XDG_RUNTIME_DIR") or os.environ.get("TMPDIR") or "/tmp"
         # `str` paths: pathlib costs ~4 ms to import on the launch path.
@@ -44,6 +45,12 @@ class NotifySocket:
         self.sock.bind(self.path)
         self.sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_PASSCRED, 1)
         self.sock.setblocking(False)
+        if owner is not None:
+            # Sending to a socket needs write on its file and search on its directory: the
+            # socket becomes the workers' (0600), the directory stays ours and unlistable.
+            os.chmod(self._dir, 0o711)
+            os.chown(self.path, *owner)
+            os.chmod(self.path, 0o600)
 
     def receive_pending(self, handler: Handler) -> None:
         """Hand every queued datagram to `handler`; returns when the queue is empty."""

@@ -44,8 +44,10 @@ __all__ = [
     "exited_children",
     "fork_exec",
     "instance_mark",
+    "set_worker_user",
     "spawn",
     "spawn_hooks",
+    "worker_user",
 ]
 
 # typing.TYPE_CHECKING without importing typing; no contextlib either (try/except instead
@@ -94,6 +96,26 @@ def instance_mark() -> str:
     if _instance is None:
         _instance = f"{os.getpid()}.{os.urandom(6).hex()}"
     return _instance
+
+
+# (uid, gid) every worker runs as (--user), or None: the launcher's own user.
+_worker_user: tuple[int, int] | None = None
+
+
+def set_worker_user(user: tuple[int, int] | None) -> None:
+    """Start every later worker as `user` (launcher.privilege checked we are root)."""
+    global _worker_user
+    _worker_user = user
+
+
+def worker_user() -> tuple[int, int] | None:
+    """The (uid, gid) workers run as when it is not the launcher's own; owner of their files."""
+    return _worker_user
+
+
+def libc_prctl() -> Callable[..., int]:
+    """libc's prctl, loaded once (the launcher's own protection uses it too)."""
+    return _prctl()
 
 
 def _prctl() -> Callable[..., int]:
@@ -265,6 +287,7 @@ def fork_exec(
     environment[INSTANCE_VARIABLE] = f"{outer} {mark}" if outer and mark not in outer else mark
     close = _inherited_fds(pass_fds)
     parent = os.getpid()
+    user = _worker_user
     # Signals are blocked across fork: until exec, the child still has our Python signal
     # handlers and our event loop's wakeup fd, and a signal caught there (a Ctrl-C sent to
     # the terminal's process group) would be written into *our* wakeup pipe, a phantom
@@ -281,6 +304,12 @@ def fork_exec(
         raise
     if pid == 0:  # the child: a few C calls until execve, no imports, no locks
         try:
+            if user is not None:
+                # Groups first, the uid last (it takes the right to change the others);
+                # before the death signal, which a change of credentials clears.
+                os.setgroups([])
+                os.setgid(user[1])
+                os.setuid(user[0])
             prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
             if os.getppid() != parent:  # the launcher died before prctl took effect
                 os._exit(1)
@@ -373,7 +402,7 @@ def spawn(
     if files:
         from launcher.process import private_files
 
-        private_dir = private_files.for_this_launcher().create(files)
+        private_dir = private_files.for_this_launcher().create(files, owner=_worker_user)
         env = {**env, private_files.VARIABLE: private_dir}
     stdin = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC) if not inherit_stdin else 0
     foreground = False
@@ -390,6 +419,8 @@ def spawn(
     elif use_pty:
         master, replica = os.openpty()
         _copy_window_size(sys.stdout.fileno(), replica)
+        if _worker_user is not None:  # its terminal is its own: ttyname, /dev/tty reopen
+            os.fchown(replica, *_worker_user)
         stdout = stderr = replica
         child_fds = [replica]
         routes = {master: 1}

@@ -1,0 +1,68 @@
+"""A worker that tries every route to secrets that are not its own, and reports what it got.
+
+Writes `<SPY_REPORT>` (JSON): for each path in SPY_TRY (os.pathsep-separated) and the
+launcher's /proc entries, "denied" or what it could read; its uid, gid and groups; its
+environment. Sends READY=1 on NOTIFY_SOCKET when there is one, then waits to be stopped.
+"""
+
+import json
+import os
+import signal
+import socket
+import stat
+import sys
+
+
+def attempt(path: str) -> str:
+    try:
+        mode = os.lstat(path).st_mode
+    except PermissionError:
+        return "denied"
+    except FileNotFoundError:
+        return "missing"
+    try:
+        if stat.S_ISDIR(mode):
+            return "listed:" + ",".join(sorted(os.listdir(path)))
+        if stat.S_ISSOCK(mode):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+                conn.connect(path)
+            return "connected"
+        with open(path, "rb") as stream:
+            return "read:" + stream.read(65536).decode("latin-1")
+    except PermissionError:
+        return "denied"
+    except OSError as error:
+        return f"error:{error.errno}"
+
+
+launcher = os.getppid()
+routes = [f"/proc/{launcher}/environ", f"/proc/{launcher}/mem"]
+routes += [p for p in os.environ.get("SPY_TRY", "").split(os.pathsep) if p]
+report = {
+    "uid": os.getuid(),
+    "gid": os.getgid(),
+    "groups": os.getgroups(),
+    "env": dict(os.environ),
+    "routes": {route: attempt(route) for route in routes},
+}
+files = os.environ.get("AGENT_RUN_FILES")
+if files:
+    report["files"] = {
+        name: [attempt(os.path.join(files, name)), os.stat(os.path.join(files, name)).st_uid]
+        for name in os.listdir(files)
+    }
+notify = os.environ.get("NOTIFY_SOCKET")
+if notify:
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(b"READY=1", notify)
+        report["notified"] = True
+    except OSError as error:
+        report["notified"] = str(error)
+target = os.environ["SPY_REPORT"]
+with open(target + ".tmp", "w") as stream:
+    json.dump(report, stream)
+os.rename(target + ".tmp", target)
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+while True:
+    signal.pause()
