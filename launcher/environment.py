@@ -52,6 +52,9 @@ class EnvironmentLayers(NamedTuple):
     python_target: bool = False
     # `--render` output, DEST -> content: written per process to its private directory.
     files: Mapping[str, bytes] = {}
+    # File secrets (`secrets set --file`): their content is in `files` under their name, and
+    # each names a variable that holds the path of the process's private copy.
+    file_variables: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         # A NamedTuple's default repr would print every secret value.

@@ -172,10 +172,13 @@ def test_root_launcher_hides_the_key_from_its_own_proc_environ(base: Path) -> No
 
 
 def test_worker_under_user_gets_its_secrets_and_nothing_else(base: Path) -> None:
-    """--user: the worker runs as that user without groups; notify and private files work;
+    """--user: the worker runs as that user without groups; notify, private files and file
+    secrets (owned by it) work;
     the key file, the store, another set and the control socket are out of its reach."""
     env = _env(base)  # the key is the store's own master.key, created by the first set
-    _cli(base, env, "secrets", "set", "prod", "API_KEY=sk-own-0042")
+    (base / "creds.json").write_text('{"private_key": "file-own-0042"}')
+    _cli(base, env, "secrets", "set", "prod", "API_KEY=sk-own-0042",
+         "--file", f"GOOGLE_CREDS={base / 'creds.json'}")  # fmt: skip
     _cli(base, env, "secrets", "set", "other", "OTHER_KEY=sk-not-yours-0099")
     (base / "cfg.tmpl").write_text('{"key": "${secret:API_KEY}"}')
     store = base / "store"
@@ -201,7 +204,13 @@ def test_worker_under_user_gets_its_secrets_and_nothing_else(base: Path) -> None
     assert (report["uid"], report["gid"], report["groups"]) == (NOBODY, NOBODY, [])
     assert report["env"]["API_KEY"] == "sk-own-0042"
     assert report["notified"] is True
-    assert report["files"] == {"cfg.json": ['read:{"key": "sk-own-0042"}', NOBODY]}
+    assert report["files"] == {
+        "cfg.json": ['read:{"key": "sk-own-0042"}', NOBODY],
+        "GOOGLE_CREDS": ['read:{"private_key": "file-own-0042"}', NOBODY],
+    }
+    assert report["env"]["GOOGLE_CREDS"] == os.path.join(
+        report["env"]["AGENT_RUN_FILES"], "GOOGLE_CREDS"
+    )
     routes: dict[str, str] = report["routes"]  # type: ignore[assignment]
     assert set(routes.values()) == {"denied"}, routes
     assert "sk-not-yours-0099" not in json.dumps(report)

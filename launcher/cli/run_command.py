@@ -759,7 +759,7 @@ def build_plan(config: RunConfig) -> Any:
     # Trees left by launchers that were killed; and ours made now, so an unusable base
     # directory is reported here rather than at the first spawn.
     private_files.sweep_stale()
-    if config.render:
+    if config.render or initial.layers.files:
         private_files.for_this_launcher().prepare()
     watch_dir = source.watch_dir
     target_dir = None

@@ -14,7 +14,13 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from launcher.errors import ConfigError, InvalidInput, OperationFailed, UsageError
+from launcher.errors import (
+    ConfigError,
+    InvalidInput,
+    OperationFailed,
+    PermissionProblem,
+    UsageError,
+)
 from launcher.store.names import (
     PLATFORM_CREDENTIALS,
     check_secret_name,
@@ -55,6 +61,7 @@ VALUE_OPTIONS = {
     "--key-file": 1,
     "--description": 1,
     "--tag": 1,
+    "--file": 1,
 }
 MANY_OPTIONS = {"--from-env"}
 
@@ -188,6 +195,15 @@ def build_parser(only: tuple[str, str] | None = None) -> argparse.ArgumentParser
             action="append",
             default=[],
             help="a secret (LiveKit's flag form); repeatable",
+        )
+        set_.add_argument(
+            "--file",
+            metavar="NAME=PATH",
+            action="append",
+            default=[],
+            help="store PATH's content as secret NAME delivered as a file: each process gets "
+            "its own private copy, and NAME holds that copy's path (e.g. "
+            "GOOGLE_APPLICATION_CREDENTIALS=./sa.json); repeatable",
         )
         set_.add_argument(
             "--secrets-file",
@@ -451,6 +467,39 @@ def _file_values(path: Path, ignore_empty: bool) -> dict[str, str]:
     return values
 
 
+def _file_secrets(specs: Sequence[str]) -> dict[str, str]:
+    """`--file NAME=PATH` -> {NAME: the file's content}; read as values are checked."""
+    from launcher.store.names import MAX_VALUE_BYTES
+
+    contents: dict[str, str] = {}
+    for spec in specs:
+        name, equals, path = spec.partition("=")
+        if not equals or not name or not path:
+            raise UsageError(f"--file {spec}: write NAME=PATH (e.g. GOOGLE_CREDS=./sa.json)")
+        if name in contents:
+            raise InvalidInput(f"--file: {name} given more than once (nothing was stored)")
+        try:
+            with open(path, "rb") as stream:
+                data = stream.read(MAX_VALUE_BYTES + 1)
+        except FileNotFoundError:
+            raise InvalidInput(f"--file {name}: {path} does not exist") from None
+        except IsADirectoryError:
+            raise InvalidInput(f"--file {name}: {path} is a directory") from None
+        except PermissionError:
+            raise PermissionProblem(
+                f"--file {name}: cannot read {path}: permission denied"
+            ) from None
+        if len(data) > MAX_VALUE_BYTES:
+            raise InvalidInput(f"--file {name}: {path} is larger than {MAX_VALUE_BYTES} bytes")
+        try:
+            contents[name] = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidInput(
+                f"--file {name}: {path} is not UTF-8 text (file secrets hold text: JSON, PEM)"
+            ) from None
+    return contents
+
+
 def _discovered_file() -> Path | None:
     from pathlib import Path
 
@@ -553,6 +602,13 @@ def cmd_secrets_set(args: argparse.Namespace, pairs: list[str]) -> int:
 
     check_set_name(args.set)
     explicit = _explicit_values(args, pairs)
+    files = _file_secrets(args.file)
+    both = sorted(set(files) & set(explicit))
+    if both:
+        raise InvalidInput(
+            f"{', '.join(both)} given both as a value and as --file (nothing was stored)"
+        )
+    explicit.update(files)
     source_file = args.secrets_file
     if source_file is None and not explicit:
         source_file = _discovered_file()
@@ -571,8 +627,16 @@ def cmd_secrets_set(args: argparse.Namespace, pairs: list[str]) -> int:
     def apply(current: dict[str, str]) -> dict[str, str]:
         return dict(values) if args.overwrite else {**current, **values}
 
-    describe = dict.fromkeys(values, edit) if edit else None
-    _print_result(args, store.update(args.set, key, apply, describe=describe))
+    describe = dict.fromkeys(values, edit) if edit else {}
+    if files:
+        from launcher.store.metadata import FILE_DELIVERY, MetadataEdit
+
+        file_edit = MetadataEdit(
+            description=edit.description if edit else None,
+            tags=(*(edit.tags if edit else ()), FILE_DELIVERY),
+        )
+        describe.update(dict.fromkeys(files, file_edit))
+    _print_result(args, store.update(args.set, key, apply, describe=describe or None))
     return 0
 
 

@@ -387,6 +387,7 @@ def spawn(
     pass_fds: Sequence[int] = (),
     log_match: Latch | None = None,
     files: Mapping[str, bytes] | None = None,
+    file_variables: Sequence[str] = (),
 ) -> Worker:
     """Start one worker. With a masker, its output is relayed masked; without, it is inherited.
 
@@ -396,7 +397,7 @@ def spawn(
     latch `on_line` raises; it becomes the worker's, so nothing it records can be lost.
     `files` are written to a private directory of this process, named by AGENT_RUN_FILES in
     its environment; the caller removes it with `Worker.remove_private_files()` once the
-    process is reaped.
+    process is reaped. Each of `file_variables` (a file secret) is set to its file's path.
     """
     private_dir = None
     if files:
@@ -404,6 +405,7 @@ def spawn(
 
         private_dir = private_files.for_this_launcher().create(files, owner=_worker_user)
         env = {**env, private_files.VARIABLE: private_dir}
+        env.update((name, os.path.join(private_dir, name)) for name in file_variables)
     stdin = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC) if not inherit_stdin else 0
     foreground = False
     if inherit_stdin:
@@ -513,6 +515,7 @@ class WorkerFactory:
             on_line=on_line,
             log_match=log_match,
             files=layers.files,
+            file_variables=layers.file_variables,
         )
         worker.port = port
         return worker

@@ -160,6 +160,7 @@ class WarmProcessFactory:
                 masker=self.masker,
                 pass_fds=(child.fileno(),),
                 files=layers.files,
+                file_variables=layers.file_variables,
             )
         except OSError:
             parent.close()

@@ -22,6 +22,9 @@ TAG_VALUE = re.compile(r"[A-Za-z0-9_.:/@+-]{0,128}")
 # A value at least this long found inside metadata is taken to be that value, not a
 # coincidence ("prod" may well appear in a description; an API key will not by chance).
 MIN_LEAK_LENGTH = 8
+# The tag that makes a secret a file (`secrets set --file`): each process gets a private copy
+# and the variable of the secret's name holds its path (launcher/file_secrets.py).
+FILE_DELIVERY = ("delivery", "file")
 
 
 class Metadata(NamedTuple):
@@ -35,6 +38,11 @@ class Metadata(NamedTuple):
 
     def tag_dict(self) -> dict[str, str]:
         return dict(self.tags)
+
+    @property
+    def is_file(self) -> bool:
+        """Delivered as a file (`secrets set --file`), not as a value in the environment."""
+        return FILE_DELIVERY in self.tags
 
     def stored(self) -> dict[str, object]:
         """The fields written to the set file (only the non-empty ones)."""

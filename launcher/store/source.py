@@ -40,6 +40,7 @@ from collections.abc import Callable, Hashable, Mapping
 
 from launcher.environment import EnvironmentLayers
 from launcher.errors import LauncherError, VersionRegression
+from launcher.file_secrets import deliver
 from launcher.record import NamedTuple
 from launcher.store.keyring import Keyring
 from launcher.store.names import PLATFORM_CREDENTIALS
@@ -142,16 +143,23 @@ class SecretsSource:
             if name and seen is not None:
                 self._floor[name] = max(seen, self._floor.get(name, 0))
         extras = self._extras(secrets) if self._extras is not None else Extras({}, [], {})
+        # File secrets (`secrets set --file`) leave the environment for private files.
+        delivery = deliver(
+            secrets,
+            self.store.metadata(self.secret_set) if self.secret_set and secrets else {},
+            extras.files,
+        )
         layers = EnvironmentLayers(
             inherited=dict(self._environ),
             env_files=extras.env_files,
-            secrets=secrets,
+            secrets=delivery.variables,
             platform=platform,
             secrets_version=version,
             python_target=self._python_target,
-            files=extras.files,
+            files=delivery.files,
+            file_variables=delivery.file_variables,
         )
-        masked = list(secrets.values()) + extras.masked
+        masked = list(secrets.values()) + extras.masked + delivery.masked
         for name in PLATFORM_CREDENTIALS[1:]:  # the URL is not a secret; key and secret are
             value = platform.get(name) or self._environ.get(name)
             if value:
