@@ -237,3 +237,31 @@ def test_unknown_user_is_a_usage_error(base: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "no-such-user-17" in result.stderr
+
+
+def test_worker_under_user_owns_its_terminal(base: Path) -> None:
+    """--user with a terminal on the launcher's stdout: the worker's pty is the worker's."""
+    env = _env(base)
+    _cli(base, env, "secrets", "set", "prod", "API_KEY=sk-own-0042")
+    (base / "report").mkdir()
+    (base / "report").chmod(0o777)
+    master, replica = os.openpty()
+    proc = subprocess.Popen(
+        [_interpreter(), "-m", "launcher", "--user", str(NOBODY), "--secrets", "prod",
+         "--", _interpreter(), str(SPY)],
+        env=env, cwd=base, stdin=subprocess.DEVNULL, stdout=replica, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    os.close(replica)
+    try:
+        path = base / "report" / "spy.json"
+        deadline = time.monotonic() + 60
+        while not path.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "no report"
+            time.sleep(0.05)
+        report = json.loads(path.read_text())
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=60)
+        os.close(master)
+    assert report["uid"] == NOBODY
+    assert report["tty_owner"] == NOBODY

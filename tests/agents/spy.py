@@ -44,6 +44,8 @@ report = {
     "groups": os.getgroups(),
     "env": dict(os.environ),
     "routes": {route: attempt(route) for route in routes},
+    # Its terminal, when the launcher relays through a pty: whose it is.
+    "tty_owner": os.fstat(1).st_uid if os.isatty(1) else None,
 }
 files = os.environ.get("AGENT_RUN_FILES")
 if files:
