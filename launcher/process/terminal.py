@@ -11,8 +11,8 @@ read too early. When it exits the launcher takes the foreground back (with SIGTT
 blocked: it is a background process by then), unless a newer worker already has it.
 
 Ctrl-C then reaches the worker, as it would without agent-run; a worker that dies of it
-passes the interrupt on to the launcher (`pass_on_interrupt`), which then shuts down as if
-it had been pressed there, instead of restarting the worker.
+passes the interrupt on to the launcher (`pass_on_interrupt`, `Worker.interrupted`), which
+then shuts down as if it had been pressed there, instead of restarting the worker.
 """
 
 from __future__ import annotations
@@ -47,7 +47,14 @@ def take_back(group: int, fd: int = 0) -> bool:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def pass_on_interrupt(status: int) -> None:
-    """A foreground worker died of the terminal's Ctrl-C: the user meant us too."""
+def pass_on_interrupt(status: int) -> bool:
+    """A foreground worker died of the terminal's Ctrl-C: the user meant us too.
+
+    The launcher gets the SIGINT it would have got without the hand-over (its signal loop
+    logs it and drains); True tells the caller, which must stop restarting at once: the
+    signal arrives a loop iteration later, after a restart could already have been planned.
+    """
     if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGINT:
         os.kill(os.getpid(), signal.SIGINT)
+        return True
+    return False

@@ -166,6 +166,9 @@ class Worker:
         self.exited: anyio.Event | None = None
         self.ready_event: anyio.Event | None = None
         self.foreground = False  # holds the terminal's foreground (launcher.process.terminal)
+        # Died of the terminal's Ctrl-C while in the foreground: the owner must shut down
+        # rather than restart it (the launcher's own SIGINT follows, a loop iteration later).
+        self.interrupted = False
         self.private_dir: str | None = None  # its private files (AGENT_RUN_FILES), if any
 
     def __repr__(self) -> str:
@@ -222,7 +225,7 @@ class Worker:
 
             terminal.take_back(self.pid)
             if not self.stop_sent:
-                terminal.pass_on_interrupt(status)
+                self.interrupted = terminal.pass_on_interrupt(status)
 
 
 def _inherited_fds(keep: Sequence[int]) -> list[int]:

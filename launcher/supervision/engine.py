@@ -144,6 +144,8 @@ class Engine:
         pid = worker.pid
         self.workers.pop(pid, None)
         worker.reaped(status)
+        if worker.interrupted:  # the terminal's Ctrl-C reached our foreground worker
+            self.shutdown()
         worker.kill_group()  # the main process is gone: its group goes with it
         worker.remove_private_files()
         if worker.exited is not None:
