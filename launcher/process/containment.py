@@ -50,6 +50,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable
 
+from launcher.process import reaper
 from launcher.process import worker as process
 
 _PID = struct.Struct("=i")
@@ -72,10 +73,18 @@ class Containment:
 
     def track(self, pid: int) -> None:
         """A new worker: its process group is killed with the launcher's descendants."""
+        self._tell(pid)
+
+    def forget(self, pid: int) -> None:
+        """A worker has been reaped (and its group killed): its pid may now be reused by an
+        unrelated process, whose group the guardian must never kill."""
+        self._tell(-pid)
+
+    def _tell(self, message: int) -> None:
         if self._pipe is None:
             return
         try:
-            os.write(self._pipe, _PID.pack(pid))
+            os.write(self._pipe, _PID.pack(message))
         except OSError:  # the guardian is gone: nothing more we can do from here
             self._pipe = None
 
@@ -266,7 +275,9 @@ def _marked(pid: int, mark: bytes) -> bool:
 
 
 def _start_guardian(cgroup: str | None, reason: str = "") -> Containment:
-    workers = _descendants(os.getpid())  # spawned before us: their groups are known now
+    # Workers spawned before us (registered with the reaper, so a `forget` follows their
+    # exit); other descendants are found by the cgroup or the mark, never by a bare pid.
+    workers = [pid for pid in _children(os.getpid()) if reaper.registered(pid)]
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     try:
         with warnings.catch_warnings():
@@ -293,10 +304,9 @@ def _start_guardian(cgroup: str | None, reason: str = "") -> Containment:
     else:
         containment = Containment("guardian", reason, write_end)
     containment.guardian_pid = pid
-    from launcher.process import reaper
-
     reaper.outlives_us(pid)
     process.spawn_hooks.append(containment.track)
+    reaper.exit_hooks.append(containment.forget)
     return containment
 
 
@@ -333,21 +343,12 @@ def _guard(pipe: int, cgroup: str | None, workers: list[int], mark: bytes) -> No
         buffer += data
         count = len(buffer) // _PID.size
         for (pid,) in _PID.iter_unpack(buffer[: count * _PID.size]):
-            groups.add(pid)
+            if pid > 0:
+                groups.add(pid)
+            else:  # reaped: from now on the number may belong to someone else
+                groups.discard(-pid)
         buffer = buffer[count * _PID.size :]
-        if len(groups) > 4096:  # a long crash loop: forget groups nobody is left in
-            groups = {group for group in groups if _group_alive(group)}
     _kill_all(cgroup, groups, mark)
-
-
-def _group_alive(group: int) -> bool:
-    try:
-        os.killpg(group, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
 
 
 def _kill_all(cgroup: str | None, groups: set[int], mark: bytes) -> None:
@@ -359,15 +360,15 @@ def _kill_all(cgroup: str | None, groups: set[int], mark: bytes) -> None:
                 kill.write("1")
         except OSError:
             pass
-    for _ in range(SCAN_ROUNDS):
+    for _ in range(SCAN_ROUNDS if cgroup is None else 0):  # cgroup.kill reached every member
+        # Only groups of workers not yet reaped: their numbers cannot have been reused
+        # (a pid stays taken while it names a live process's group).
         for group in groups:
             with contextlib.suppress(OSError):
                 os.killpg(group, signal.SIGKILL)
-        if cgroup is not None:
-            break  # cgroup.kill reached every member, daemons included
         victims = 0
-        for pid, (_ppid, pgid, sid) in _processes().items():
-            if pid != me and (pgid in groups or sid in groups or _marked(pid, mark)):
+        for pid, (_ppid, pgid, _sid) in _processes().items():
+            if pid != me and (pgid in groups or _marked(pid, mark)):
                 try:
                     os.kill(pid, signal.SIGKILL)
                     victims += 1

@@ -21,6 +21,10 @@ OnExit = Callable[[int], None]  # receives the raw wait status (see `exit_code`)
 
 _owners: dict[int, OnExit] = {}
 
+# Told the pid of every registered process once its owner has handled its exit (the
+# containment guardian then forgets its process group: the pid may be reused from now on).
+exit_hooks: list[Callable[[int], None]] = []
+
 
 def register(pid: int, on_exit: OnExit) -> None:
     """`on_exit(status)` is called once, from `reap()`, when `pid` exits.
@@ -63,6 +67,8 @@ def reap() -> int:
         if on_exit is not None:
             owned += 1
             on_exit(status)
+            for hook in exit_hooks:
+                hook(pid)
     return owned
 
 
@@ -84,6 +90,8 @@ def reap_remaining(timeout: float) -> None:
             on_exit = _owners.pop(pid, None)
             if on_exit is not None:
                 on_exit(status)
+                for hook in exit_hooks:
+                    hook(pid)
         elif time.monotonic() >= deadline:
             return  # something still runs that is not ours to wait for
         elif _only_lifelong_children_left():
