@@ -1,8 +1,11 @@
 """Launch benchmark: time to an agent's first output line, and masking throughput.
 
-Run: python bench/launch.py
+Run: python bench/launch.py [--baseline DIR]
 - first line: `python bot.py` vs `agent-run --secrets S bot.py` (20 secrets), same run, beside
-  three floors: a bare launcher (a second interpreter, posix_spawn, a relay thread: what any
+  the python-dotenv loader (`load_dotenv()` of the same 20 values from a plaintext .env file,
+  then exec of the bot: the launch goal is to be no slower than it), beside another checkout
+  of agent-run (`--baseline DIR`, run as `python -m launcher` from DIR, as is this one in that
+  case), and beside three floors: a bare launcher (a second interpreter, posix_spawn, a relay thread: what any
   Python launcher pays), the same plus `Store.read` of the set (what decrypting through the
   store adds), and a minimal launcher with the imports a supervisor needs (the old floor);
   RUNS interleaved rounds, one run of each per round;
@@ -81,6 +84,13 @@ def relay():
 _thread.start_new_thread(relay, ())
 os.waitpid(pid, 0)
 """
+# The usual way to hand a bot plaintext secrets in Python: python-dotenv, then exec.
+DOTENV_LOADER = """
+import os, sys
+from dotenv import load_dotenv
+load_dotenv(sys.argv[2], override=True)
+os.execv(sys.executable, [sys.executable, sys.argv[1]])
+"""
 BOT = "print('agent up', flush=True)\nimport time\ntime.sleep(30)\n"
 CHATTY = (
     "import sys\n"
@@ -117,7 +127,17 @@ def relay_mb_s(command: list[str], env: dict[str, str]) -> float:
 
 
 def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", help="another agent-run checkout to time beside this one")
+    args = parser.parse_args()
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "launcher")], check=True)
+    if args.baseline:
+        baseline = Path(args.baseline).resolve()
+        subprocess.run(
+            [sys.executable, "-m", "compileall", "-q", str(baseline / "launcher")], check=True
+        )
     agent_run = str(Path(sys.executable).parent / "agent-run")
     with tempfile.TemporaryDirectory() as tmp:
         key = MasterKey(crypto.new_key(), "bench")
@@ -143,6 +163,10 @@ def main() -> None:
         store_script = Path(tmp) / "store_floor.py"
         store_script.write_text(STORE_FLOOR)
         store_env = {**env, "PYTHONPATH": str(ROOT)}
+        dotenv_file = Path(tmp) / "secrets.env"
+        dotenv_file.write_text("".join(f"SECRET_{i}=sk-{i:03d}-{'x' * 40}\n" for i in range(20)))
+        dotenv_script = Path(tmp) / "dotenv_loader.py"
+        dotenv_script.write_text(DOTENV_LOADER)
         variants = {
             "python bot.py": ([sys.executable, str(bot)], env),
             "bare launcher (no imports, posix_spawn)": (
@@ -157,11 +181,22 @@ def main() -> None:
                 [sys.executable, str(floor_script), str(bot)],
                 env,
             ),
+            "python-dotenv loader, 20 values": (
+                [sys.executable, str(dotenv_script), str(bot), str(dotenv_file)],
+                env,
+            ),
             "agent-run --secrets S bot.py (20 secrets)": (
                 [agent_run, "--secrets", "s20", "--no-watch", str(bot)],
                 env,
             ),
         }
+        if args.baseline:
+            module = [sys.executable, "-m", "launcher", "--secrets", "s20", "--no-watch", str(bot)]
+            variants["python -m launcher, this checkout"] = (module, store_env)
+            variants["python -m launcher, --baseline"] = (
+                module,
+                {**env, "PYTHONPATH": str(baseline)},
+            )
         # Interleaved rounds (one run of each variant per round): a burst of other work on
         # the machine then slows every variant alike instead of one of them.
         times: dict[str, list[float]] = {label: [] for label in variants}

@@ -10,8 +10,7 @@ from __future__ import annotations
 import enum
 import signal
 import sys
-
-from launcher.record import NamedTuple
+from typing import NamedTuple
 
 
 class TargetKind(enum.Enum):

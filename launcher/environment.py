@@ -14,8 +14,8 @@ secrets version without touching the others.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import NamedTuple
 
-from launcher.record import NamedTuple
 from launcher.store.names import PLATFORM_CREDENTIALS
 
 # Never inherited by a worker: the master key and where it comes from, and the systemd

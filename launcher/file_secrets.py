@@ -15,9 +15,9 @@ new code, and `secrets describe SET NAME --untag delivery` turns one back into a
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import NamedTuple
 
 from launcher.errors import UsageError
-from launcher.record import NamedTuple
 from launcher.store.metadata import Metadata
 
 # A line of a file at least this long is masked on its own: a JSON field or a PEM line

@@ -1,18 +1,17 @@
 """`Plan`: what the run command hands a mode, resolved and validated.
 
 Its own module so that the host, worker mode and session mode share it without importing
-each other. On the launch critical path: no `typing` (see record.py).
+each other.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING, NamedTuple
 
 from launcher.config import RunConfig
 from launcher.environment import EnvironmentLayers
-from launcher.record import NamedTuple
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (launch path)
 if TYPE_CHECKING:
     from pathlib import Path
 

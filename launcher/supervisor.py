@@ -12,6 +12,7 @@ earlier).
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 from launcher import signals
 from launcher.environment import EnvironmentLayers
@@ -21,7 +22,6 @@ from launcher.process.notify_socket import NotifySocket
 from launcher.process.output import Masker
 from launcher.process.readiness import parse_ready
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (launch path)
 if TYPE_CHECKING:
     from typing import Any
 

@@ -13,12 +13,11 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 from launcher.config import LogFormat, RestartPolicy, RunConfig, Target, TargetKind
 from launcher.errors import InvalidInput, UsageError
-from launcher.record import NamedTuple
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (launch path)
 if TYPE_CHECKING:
     from typing import Any
 

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import _thread
 import binascii
+import contextlib
 import os
 import select
 import time
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (launch path)
 if TYPE_CHECKING:
     from typing import Any
 
@@ -321,10 +322,8 @@ class Relay:
                     self._emit(self._routes[fd], data[:cut])
         finally:
             for fd in self._routes:
-                try:
+                with contextlib.suppress(OSError):
                     os.close(fd)
-                except OSError:
-                    pass
             self._running.release()
 
 

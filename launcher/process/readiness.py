@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import _thread
 from collections.abc import Callable
+from typing import NamedTuple
 
 from launcher.errors import UsageError
-from launcher.record import NamedTuple
 
 PROBE_EVERY_S = 0.05
 

@@ -23,12 +23,14 @@ opens is close-on-exec (PEP 446), and inheritable fds we inherited ourselves are
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from launcher.process import reaper
 from launcher.process.output import Masker, Relay
@@ -50,13 +52,6 @@ __all__ = [
     "worker_user",
 ]
 
-# typing.TYPE_CHECKING without importing typing; no contextlib either (try/except instead
-# of suppress): both cost ~3 ms together on the launch critical path.
-TYPE_CHECKING = False
-
-# `launcher.ops.status` (enums, NamedTuples: ~1 ms) is imported by the methods that need it: a
-# Worker is only built after the fork, so its import overlaps the agent's start-up instead
-# of delaying it.
 if TYPE_CHECKING:
     import anyio
 
@@ -188,10 +183,8 @@ class Worker:
     def send(self, sig: int) -> None:
         """Send a signal to the main process (not the group)."""
         if self.alive:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, sig)
-            except ProcessLookupError:
-                pass
 
     def stop(self, sig: int) -> None:
         """The stop signal, once: a second one would make a LiveKit worker drop its calls."""
@@ -205,10 +198,8 @@ class Worker:
 
     def kill_group(self) -> None:
         """SIGKILL everything left in the worker's process group."""
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
 
     def remove_private_files(self) -> None:
         """The process is gone: so are the files only it could read (call after reaping)."""
@@ -320,11 +311,11 @@ def fork_exec(
             if foreground:
                 # Before exec and with every signal blocked: the kernel would stop a
                 # background caller with SIGTTOU, and the agent must not read first.
-                try:
+                try:  # noqa: SIM105 -- the child runs plain statements only until exec
                     os.tcsetpgrp(stdin, os.getpid())
                 except OSError:
                     pass
-            try:
+            try:  # noqa: SIM105 -- the child runs plain statements only until exec
                 signal.set_wakeup_fd(-1)
             except ValueError:  # not the main thread: no wakeup fd
                 pass
@@ -348,7 +339,7 @@ def fork_exec(
             # The command was checked in the parent; this is a late failure (ENOEXEC, a
             # file replaced meanwhile). Say so where the worker's own errors go; 127 as a
             # shell does for a command it cannot run.
-            try:
+            try:  # noqa: SIM105 -- the child runs plain statements only until exec
                 os.write(2, f"agent-run: cannot execute {path}: {error}\n".encode())
             except BaseException:
                 pass
@@ -359,10 +350,8 @@ def fork_exec(
         hook(pid)
     # Also from this side, so a stop or kill_group() sent right after the fork reaches the
     # new group even if the child has not run yet (EACCES once it has exec'd: already done).
-    try:
+    with contextlib.suppress(OSError):
         os.setpgid(pid, pid)
-    except OSError:
-        pass
     return pid
 
 

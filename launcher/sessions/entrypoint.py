@@ -24,12 +24,11 @@ from __future__ import annotations
 import os
 import re
 import sys
+from typing import TYPE_CHECKING, NamedTuple
 
 from launcher.config import Target, TargetKind
 from launcher.errors import InvalidInput, UsageError
-from launcher.record import NamedTuple
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (launch path)
 if TYPE_CHECKING:
     from pathlib import Path
     from typing import Any

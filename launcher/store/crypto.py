@@ -12,13 +12,14 @@ Failures are deliberately opaque (one `DecryptionFailed`, as Fernet does): "wron
 
 from __future__ import annotations
 
+import base64
 import binascii
 import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from launcher.errors import DecryptionFailed
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (launch path)
 if TYPE_CHECKING:
     from typing import Any
 
@@ -86,15 +87,13 @@ def open_sealed(key: bytes, sealed: bytes, associated: bytes) -> bytes:
         raise
 
 
-# base64 through binascii: the `base64` module imports `re` (~5 ms) on the launch path.
 def b64encode(data: bytes) -> str:
-    return binascii.b2a_base64(data, newline=False).decode("ascii")
+    return base64.b64encode(data).decode("ascii")
 
 
 def b64decode(data: bytes | str) -> bytes:
-    """`base64.b64decode(data, validate=True)`, which is exactly binascii's strict mode."""
-    raw = data.encode("ascii") if isinstance(data, str) else data
-    return binascii.a2b_base64(raw, strict_mode=True)
+    """Strict base64: characters outside the alphabet are an error, not skipped."""
+    return base64.b64decode(data, validate=True)
 
 
 def b64decode_strict(text: str) -> bytes:

@@ -32,9 +32,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import TYPE_CHECKING, NamedTuple
 
 from launcher.errors import ConfigError, OperationFailed, UsageError
-from launcher.record import NamedTuple
 from launcher.store.keys import (
     NEXT_SUFFIX,
     MasterKey,
@@ -43,7 +43,6 @@ from launcher.store.keys import (
     write_key_file,
 )
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (launch path)
 if TYPE_CHECKING:
     from launcher.store.keys import StrPath
     from launcher.store.sets import Store

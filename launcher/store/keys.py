@@ -42,16 +42,17 @@ Any `os.PathLike` is accepted.
 from __future__ import annotations
 
 import binascii
+import contextlib
 import errno
 import os
 import stat
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from launcher.errors import ConfigError, PermissionProblem
 from launcher.store import crypto
 from launcher.store.files import fsync_directory, give, owner_of
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (launch path)
 if TYPE_CHECKING:
     StrPath = str | os.PathLike[str]
 
@@ -412,8 +413,6 @@ def write_key_file(path: StrPath, key: bytes) -> None:
         finally:
             os.close(fd)
     finally:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
     fsync_directory(directory or ".")

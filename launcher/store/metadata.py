@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from typing import NamedTuple
 
 from launcher.errors import InvalidInput
-from launcher.record import NamedTuple
 
 MAX_DESCRIPTION = 256  # characters: a sentence, not a document
 MAX_TAGS = 16

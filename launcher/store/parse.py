@@ -11,13 +11,12 @@ Names and values are checked by the caller (names.py); this module only splits.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 from launcher.errors import InvalidInput, UsageError
-from launcher.record import NamedTuple
 
-# typing.TYPE_CHECKING without importing typing. pathlib only in annotations: callers hand
-# in Path objects, and `secrets set KEY=VALUE` never needs pathlib (~4 ms to import).
-TYPE_CHECKING = False
+# pathlib only in annotations: callers hand in Path objects, and `secrets set KEY=VALUE`
+# never needs pathlib (~4 ms to import).
 if TYPE_CHECKING:
     from pathlib import Path
 

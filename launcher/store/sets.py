@@ -41,19 +41,19 @@ Reading is on the launch critical path, so the module works on `str` paths with 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, NamedTuple
 
 from launcher.errors import ConfigError, DecryptionFailed, OperationFailed, PermissionProblem
-from launcher.record import NamedTuple
 from launcher.store import crypto
 from launcher.store.files import fsync_directory, give, owner_of
 from launcher.store.keyring import KEYRING_LOCK, Keyring
 from launcher.store.names import check_set_name, check_set_size
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (launch path)
 if TYPE_CHECKING:
     from pathlib import Path
     from types import TracebackType
@@ -773,10 +773,8 @@ class Store:
         prefix, suffix = f".{name}{SUFFIX}.", ".tmp"
         for entry in os.listdir(self.directory):
             if entry.startswith(prefix) and entry.endswith(suffix):
-                try:
+                with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(self.directory, entry))
-                except FileNotFoundError:
-                    pass
         tmp = os.path.join(self.directory, f"{prefix}{os.getpid()}{suffix}")
         owner = owner_of(target)  # kept across a rewrite by root (module docstring)
         try:
@@ -798,10 +796,8 @@ class Store:
                 f"cannot write set {name!r} in {self.directory}: {error.strerror}"
             ) from None
         finally:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-            except FileNotFoundError:
-                pass
         self._fsync_root()
 
     def _verify(self, name: str, path: str, values: dict[str, str], key: Keyring) -> None:

@@ -37,11 +37,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Hashable, Mapping
+from typing import NamedTuple
 
 from launcher.environment import EnvironmentLayers
 from launcher.errors import LauncherError, VersionRegression
 from launcher.file_secrets import deliver
-from launcher.record import NamedTuple
 from launcher.store.keyring import Keyring
 from launcher.store.names import PLATFORM_CREDENTIALS
 from launcher.store.sets import PLATFORM, Store
