@@ -114,6 +114,7 @@ async def test_metrics_expose_workers_restarts_rollouts_and_version() -> None:
     assert 'agent_run_rollouts_total{result="succeeded"} 0.0' in text
     assert 'agent_run_rollout_duration_seconds_sum{result="aborted"} 2.5' in text
     assert "agent_run_secrets_version 4.0" in text
+    assert "agent_run_session" not in text  # a worker pool has no sessions to report
 
 
 def test_busy_port_is_one_clear_error() -> None:

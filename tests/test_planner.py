@@ -407,3 +407,21 @@ def test_drain_deadline_kills_once_and_shutdown_ends(ready: bool) -> None:
     state = replace(result.state)
     state, _ = planner.observe(state, planner.Exited(pid, 137, 4000.0, 0.5))
     assert planner.plan(state, 4000.0).actions == (planner.Finish(0),)
+
+
+def test_restart_history_stays_bounded_without_a_limit() -> None:
+    """With no --max-restarts, a crash-looping slot keeps only the restarts inside the window."""
+    settings = planner.Settings(size=1, max_restarts=None, restart_window=60.0)
+    state = planner.initial(settings, 1)
+    now, pid = 0.0, 10
+    for _ in range(500):
+        result = planner.plan(state, now)
+        state = result.state
+        for action in result.actions:
+            assert isinstance(action, planner.Start)
+            state, _ = planner.observe(state, planner.Started(pid, 0, action.lane, 1, now))
+            state, _ = planner.observe(state, planner.Exited(pid, 1, now + 0.01, 0.5))
+            pid += 1
+        now = result.wake_at if result.wake_at is not None else now + 1.0
+    assert state.slots[0].restarts > 20
+    assert len(state.slots[0].restart_times) <= 61
