@@ -20,6 +20,7 @@ ctypes is already loaded on the launch path for the parent-death signal.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from launcher.errors import PermissionProblem, UsageError
@@ -34,10 +35,8 @@ def protect_launcher() -> None:
     """Non-dumpable, and the master key out of the environment (kept for `key_environ`)."""
     from launcher.process.worker import libc_prctl
 
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: nothing to protect
         libc_prctl()(PR_SET_DUMPABLE, 0, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: nothing to protect through /proc
-        pass
     value = os.environ.pop(KEY_VARIABLE, None)
     if value is None:
         return
