@@ -88,16 +88,21 @@ def propagation_agent_run(workers: int, updates: int) -> None:
             )
 
         set_value(1)
-        base = free_port_base(workers)
+        base = free_port_base(2 * workers)  # a replacement takes the slot's other lane
         launcher = subprocess.Popen(
             [agent_run, "--secrets", "demo", "--workers", str(workers), "--ready", "notify",
              "--port-base", str(base), "--drain-timeout", "5", str(ROOT / "sample_agents" / "http_agent.py")],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         try:
-            ports = [base + i for i in range(workers)]
+            # Slot i answers on base+i or, after an odd number of rollouts, base+N+i.
+            lanes = {i: (base + i, base + workers + i) for i in range(workers)}
+
+            def on(slot: int, version: str) -> bool:
+                return any(answer(port).get("version") == version for port in lanes[slot])
+
             deadline = time.monotonic() + 60
-            while any(answer(p).get("version") != "1" for p in ports):
+            while not all(on(i, "1") for i in lanes):
                 if time.monotonic() > deadline:
                     raise SystemExit("the pool did not start")
                 time.sleep(0.05)
@@ -108,12 +113,12 @@ def propagation_agent_run(workers: int, updates: int) -> None:
                 set_value(update + 2)
                 returned = time.perf_counter()
                 sets.append((returned - start) * 1000)
-                pending = set(ports)
+                pending = set(lanes)
                 first = None
                 while pending:
-                    for port in list(pending):
-                        if answer(port).get("version") == target:
-                            pending.discard(port)
+                    for slot in list(pending):
+                        if on(slot, target):
+                            pending.discard(slot)
                             first = first or time.perf_counter()
                     if time.perf_counter() - returned > 60:
                         raise SystemExit("the rollout did not finish")
