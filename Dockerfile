@@ -14,7 +14,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     # created 0700 by the launcher, since the store mount is read-only.
     AGENT_RUN_RUNTIME_DIR=/tmp/agent-run \
     # /healthz, /readyz and /metrics for HEALTHCHECK and orchestrator probes.
-    AGENT_RUN_HEALTH=0.0.0.0:8081
+    AGENT_RUN_HEALTH=0.0.0.0:8099
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
@@ -25,10 +25,10 @@ RUN pip install . \
 COPY sample_agents ./sample_agents
 
 USER 10001:10001
-EXPOSE 8081
+EXPOSE 8099
 # agent-run drains on SIGTERM; give `docker stop -t` as long as your --drain-timeout.
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8081/healthz', timeout=2)"]
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8099/healthz', timeout=2)"]
 ENTRYPOINT ["agent-run"]
 CMD ["sample_agents/worker.py"]

@@ -51,6 +51,17 @@ class Target(NamedTuple):
         return [self.value, *self.args]
 
 
+# LiveKit's worker drains its calls for up to 3600 s (AgentServer's drain_timeout), then takes
+# up to 10 s to close its job processes (shutdown_process_timeout) and a few more to exit:
+# agent-run's SIGKILL comes only after all of that. Outer deadlines (Kubernetes
+# terminationGracePeriodSeconds, systemd TimeoutStopSec, docker stop -t) need a little more.
+DRAIN_TIMEOUT = 3630.0
+# Our default ports stay clear of LiveKit workers' health server (8081), Pipecat's runner
+# (7860) and Pipecat Cloud's base image (8080).
+SESSION_API = "127.0.0.1:8098"
+HEALTH_PORT = 8099
+
+
 class RunConfig(NamedTuple):
     target: Target
     # Where the secrets come from.
@@ -71,10 +82,11 @@ class RunConfig(NamedTuple):
     ready_delay: float = 1.0
     ready_timeout: float = 60.0
     watchdog: float | None = None
-    drain_timeout: float = 3600.0  # LiveKit's own drain window
+    drain_timeout: float = DRAIN_TIMEOUT
     stop_signal: signal.Signals = signal.SIGTERM
     max_surge: int = 1  # 0 = singleton handover
     port_base: int | None = None
+    grace_period: float | None = None  # the outer stop deadline (Kubernetes, docker stop -t)
     # Operations.
     name: str | None = None  # control socket name; default the bound set
     user: str | None = None  # --user USER[:GROUP]: workers run as it (launcher/privilege.py)
@@ -84,7 +96,7 @@ class RunConfig(NamedTuple):
     watch: bool = True
     dev: bool = False  # `agent-run dev`: console logs, restart on code change
     # Session mode.
-    listen: str = "127.0.0.1:7860"
+    listen: str = SESSION_API
     idle: int = 1
     max_sessions: int | None = None
     entrypoint: str | None = None  # module:function

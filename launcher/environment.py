@@ -13,6 +13,7 @@ secrets version without touching the others.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import NamedTuple
 
@@ -35,6 +36,9 @@ PRIVATE_VARIABLES: frozenset[str] = frozenset(
         "AGENT_RUN_FILES",  # set per process when it has private files (process/private_files)
     }
 )
+
+
+PYTHON_BOOTSTRAP = os.path.join(os.path.dirname(__file__), "process", "python_bootstrap")
 
 
 class EnvironmentLayers(NamedTuple):
@@ -90,6 +94,9 @@ def compose(
     if layers.python_target:
         # Lines must reach the relay as they are written, not when a 8 KiB buffer fills.
         env.setdefault("PYTHONUNBUFFERED", "1")
+        # Our start-up hook (launcher/process/python_bootstrap): LiveKit's default health port
+        # becomes this worker's own, so pool members and replacements never collide on 8081.
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, (PYTHON_BOOTSTRAP, env.get("PYTHONPATH"))))
     env["AGENT_RUN_WORKER"] = str(worker)
     if layers.secrets_version is not None:
         env["AGENT_RUN_SECRETS_VERSION"] = str(layers.secrets_version)

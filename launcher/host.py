@@ -96,6 +96,9 @@ async def run(
             tg.cancel_scope.cancel()
 
         tg.start_soon(drive)
+        from launcher.ops.deadlines import warn_if_too_short
+
+        tg.start_soon(warn_if_too_short, config.grace_period, config.drain_timeout, log)
         await mode.serve(tg)
         if notify is not None:
             tg.start_soon(notify.serve, engine.notified)

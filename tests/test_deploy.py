@@ -68,7 +68,7 @@ def test_dockerfile_promises() -> None:
     assert user.isdigit() and int(user) != 0
     assert found["STOPSIGNAL"] == ["SIGTERM"]
     assert "/healthz" in found["HEALTHCHECK"][-1]
-    assert any("AGENT_RUN_HEALTH=0.0.0.0:8081" in env for env in found["ENV"])
+    assert any("AGENT_RUN_HEALTH=0.0.0.0:8099" in env for env in found["ENV"])
 
 
 def test_systemd_unit_verifies() -> None:
@@ -120,3 +120,21 @@ def test_kubernetes_grace_period_covers_the_drain() -> None:
     assert grace > drain
     assert "path: /readyz" in text and "path: /healthz" in text
     assert "readOnly: true" in text  # the sealed store is mounted read-only
+
+
+def test_default_ports_stay_clear_of_livekit_and_pipecat() -> None:
+    """No default port of ours (image health, k8s probe port, session API) is 8081 (LiveKit worker), 7860 (Pipecat runner) or 8080 (Pipecat Cloud)."""
+    from launcher.config import HEALTH_PORT, SESSION_API
+
+    theirs = {8081, 7860, 8080}
+    found = _instructions()
+    ours = {HEALTH_PORT, int(SESSION_API.rsplit(":", 1)[1])}
+    ours |= {int(port) for port in found["EXPOSE"][-1].split()}
+    ours |= {
+        int(m) for env in found["ENV"] for m in re.findall(r"AGENT_RUN_HEALTH=[\d.]+:(\d+)", env)
+    }
+    ours |= {int(m) for m in re.findall(r"127\.0\.0\.1:(\d+)", found["HEALTHCHECK"][-1])}
+    manifest = (ROOT / "deploy" / "kubernetes.yaml").read_text()
+    ours |= {int(m) for m in re.findall(r"containerPort: (\d+)", manifest)}
+    ours |= {int(m) for m in re.findall(r"AGENT_RUN_HEALTH\n\s+value: [\d.]+:(\d+)", manifest)}
+    assert HEALTH_PORT in ours and not ours & theirs, ours

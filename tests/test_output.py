@@ -212,3 +212,19 @@ def test_percent_encoding_is_urllib_quote(value: str) -> None:
     raw = value.encode("utf-8")
     assert percent_encoded(raw).decode() == urllib.parse.quote(value, safe="")
     assert percent_encoded(raw, space=b"+").decode() == urllib.parse.quote_plus(value, safe="")
+
+
+def test_relay_keeps_the_last_lines_masked(pipes: Pipes) -> None:
+    """The relay remembers only the last RECENT_LINES lines, each masked, blank lines skipped."""
+    from launcher.process.output import RECENT_LINES
+
+    body = "".join(f"line {i} {SECRET}\n\n" for i in range(RECENT_LINES + 5))
+    os.write(pipes.out_w, body.encode())
+    os.write(pipes.err_w, b"last words\r\n")
+    pipes.close_worker()
+    recent = pipes.relay.recent_lines()
+    assert len(recent) == RECENT_LINES
+    assert recent[-1] == "last words"
+    assert f"line {RECENT_LINES + 4} ***" in recent
+    assert "line 0 ***" not in recent
+    assert not any(SECRET in line for line in recent)

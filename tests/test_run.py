@@ -253,11 +253,11 @@ def test_help_documents_every_option(cli: CLI) -> None:
                  "--ready-timeout", "--watchdog", "--drain-timeout", "--stop-signal", "--max-surge",
                  "--port-base", "--health", "--log-format", "--no-mask", "--no-watch"):  # fmt: skip
         assert flag in text
-    assert "default: 3600.0" in text and "AGENT_RUN_DRAIN_TIMEOUT" in text
+    assert "default: 3630.0" in text and "AGENT_RUN_DRAIN_TIMEOUT" in text
 
 
 def test_workers_get_a_pty_when_the_launcher_runs_on_a_terminal(cli: CLI) -> None:
-    """On a terminal, the worker sees a tty (colours survive) and its output is still masked."""
+    """On a terminal, the worker sees a tty (colours survive), its output is still masked, and its lines end in CR LF, never CR CR LF."""
     import pty
     import select as select_module
 
@@ -290,6 +290,7 @@ def test_workers_get_a_pty_when_the_launcher_runs_on_a_terminal(cli: CLI) -> Non
     text = output.decode(errors="replace")
     assert "isatty True ***" in text
     assert "tty-secret-value-123" not in text
+    assert b"isatty True ***\r\n" in output and b"\r\r\n" not in output
 
 
 def test_dev_mode_restarts_on_code_change(

@@ -260,6 +260,9 @@ def format_status(status: dict[str, Any]) -> str:
         if rollout.get("reason") and rollout["state"] == "aborted":
             line += f": {rollout['reason']}"
         lines.append(line)
+        if rollout["state"] == "aborted" and rollout.get("last_lines"):
+            lines.append("  last lines of the failed replacement:")
+            lines += [f"  | {text[:300]}" for text in rollout["last_lines"]]
     if rollout.get("reason") and rollout["state"] != "aborted":
         # A later update that never started (an older file refused, a damaged set, #12).
         lines.append(f"update skipped: {rollout['reason']}")

@@ -15,7 +15,15 @@ import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
-from launcher.config import LogFormat, RestartPolicy, RunConfig, Target, TargetKind
+from launcher.config import (
+    DRAIN_TIMEOUT,
+    SESSION_API,
+    LogFormat,
+    RestartPolicy,
+    RunConfig,
+    Target,
+    TargetKind,
+)
 from launcher.errors import InvalidInput, UsageError
 
 if TYPE_CHECKING:
@@ -223,8 +231,9 @@ OPTIONS: tuple[Option, ...] = (
         "--drain-timeout",
         "drain_timeout",
         _seconds,
-        3600.0,
-        "seconds a stopped worker may drain before its process group is SIGKILLed",
+        DRAIN_TIMEOUT,
+        "seconds a stopped worker may drain before its process group is SIGKILLed (the default "
+        "leaves a LiveKit worker its 3600 s drain and its shutdown)",
         "S",
     ),
     Option(
@@ -251,6 +260,16 @@ OPTIONS: tuple[Option, ...] = (
         "give worker i AGENT_RUN_PORT = PORT + i; its replacement in a rollout gets "
         "PORT + N + i (N = --workers), so a pool uses ports PORT .. PORT + 2N - 1",
         "PORT",
+    ),
+    Option(
+        "--grace-period",
+        "grace_period",
+        _seconds,
+        None,
+        "how long whatever stops agent-run waits before its SIGKILL (Kubernetes "
+        "terminationGracePeriodSeconds, docker stop -t): a warning at start-up when it is "
+        "shorter than --drain-timeout (systemd's TimeoutStopSec is found by itself)",
+        "S",
     ),
     Option(
         "--health",
@@ -289,7 +308,7 @@ OPTIONS: tuple[Option, ...] = (
         "--listen",
         "listen",
         str,
-        "127.0.0.1:7860",
+        SESSION_API,
         "session mode: serve the session API (POST /sessions ...) on HOST:PORT",
         "HOST:PORT",
     ),

@@ -51,6 +51,7 @@ class RolloutStatus(NamedTuple):
     finished_at: float | None = None
     reason: str | None = None  # why it aborted; never a value
     refused: int = 0  # store versions refused as older than one already served (#12)
+    last_lines: tuple[str, ...] = ()  # what the failed replacement printed last, masked
 
 
 class PoolStatus(NamedTuple):

@@ -25,6 +25,7 @@ import contextlib
 import os
 import select
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
@@ -39,6 +40,10 @@ HOLD_MAX_S = 1.0  # longest wait for the rest of a value split across writes
 MAX_LINE = 64 * 1024
 LONG_PATTERNS = 32 * 1024  # total bytes of forms beyond which the automaton is an NFA
 READ_SIZE = 64 * 1024
+# The last lines each worker printed, masked, kept for the report of a worker that failed (a
+# rollout's replacement that exited): a small bounded ring, each line cut to RECENT_LINE_MAX.
+RECENT_LINES = 20
+RECENT_LINE_MAX = 2000
 
 
 # The masker is built while the agent's interpreter starts, so the encodings are written
@@ -234,12 +239,20 @@ class Relay:
         masker: Masker,
         on_line: Callable[[bytes], None] | None = None,
         name: str = "relay",
+        watch: Callable[[bytes], None] | None = None,
     ) -> None:
         self._routes = routes
         self._masker = masker
         self.on_line = on_line  # sees each complete line before masking (log: readiness)
+        self.watch = watch  # sees each chunk of lines before masking (port collisions)
         self.name = name
         self._running = _thread.allocate_lock()  # held while the relay runs
+        # Appended by the relay thread only; a deque's append and list() are atomic.
+        self._recent: deque[str] = deque(maxlen=RECENT_LINES)
+
+    def recent_lines(self) -> list[str]:
+        """The last lines this worker printed (stdout and stderr), masked, oldest first."""
+        return list(self._recent)
 
     def start(self) -> Relay:
         # `_thread`, not `threading`: importing threading costs ~1 ms on the launch critical
@@ -260,7 +273,13 @@ class Relay:
         if self.on_line is not None:
             for line in data.splitlines():
                 self.on_line(line)
-        write_whole(target, self._masker.mask(data))
+        if self.watch is not None:
+            self.watch(data)
+        masked = self._masker.mask(data)
+        write_whole(target, masked)
+        for line in masked.splitlines():
+            if line.strip():
+                self._recent.append(line.rstrip(b"\r")[:RECENT_LINE_MAX].decode("utf-8", "replace"))
 
     def _flush_partial(self, fd: int, tail: bytes, held_since: dict[int, float]) -> bytes:
         """Write an unfinished line after a silence, holding back a possible secret's start.

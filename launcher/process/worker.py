@@ -157,6 +157,9 @@ class Worker:
         self.log_match = log_match if log_match is not None else Latch()
         self.port: int | None = None  # AGENT_RUN_PORT given to it (--port-base)
         self.generation = 0  # the engine's generation (environment) it runs
+        # Set by the relay thread when the worker printed "address already in use" (the
+        # port, 0 if the line did not name it): see launcher/process/port_conflict.py.
+        self.port_collision: int | None = None
         # Set by the supervisor once its event loop runs (anyio events are loop-bound).
         self.exited: anyio.Event | None = None
         self.ready_event: anyio.Event | None = None
@@ -179,6 +182,10 @@ class Worker:
 
     def uptime(self) -> float:
         return time.monotonic() - self.started_monotonic
+
+    def last_lines(self, count: int = 10) -> list[str]:
+        """The last lines the worker printed, masked (none with --no-mask: not relayed)."""
+        return self.relay.recent_lines()[-count:] if self.relay is not None else []
 
     def send(self, sig: int) -> None:
         """Send a signal to the main process (not the group)."""
@@ -366,6 +373,23 @@ def _copy_window_size(source_fd: int, target_fd: int) -> None:
         pass
 
 
+def _plain_newlines(replica: int) -> None:
+    """The worker's "\n" stays "\n" on its way to us: our own terminal adds the "\r".
+
+    A pseudo-terminal translates output "\n" to "\r\n" (ONLCR); the lines then reach our
+    terminal, which translates again: "\r\r\n". Only output post-processing is changed: the
+    worker still sees a terminal (isatty, colours, window size).
+    """
+    try:
+        import termios
+
+        attributes = termios.tcgetattr(replica)
+        attributes[1] &= ~termios.ONLCR
+        termios.tcsetattr(replica, termios.TCSANOW, attributes)
+    except (OSError, ImportError):
+        pass
+
+
 def spawn(
     argv: Sequence[str],
     env: Mapping[str, str],
@@ -380,6 +404,7 @@ def spawn(
     log_match: Latch | None = None,
     files: Mapping[str, bytes] | None = None,
     file_variables: Sequence[str] = (),
+    watch: Callable[[bytes], None] | None = None,
 ) -> Worker:
     """Start one worker. With a masker, its output is relayed masked; without, it is inherited.
 
@@ -390,6 +415,7 @@ def spawn(
     `files` are written to a private directory of this process, named by AGENT_RUN_FILES in
     its environment; the caller removes it with `Worker.remove_private_files()` once the
     process is reaped. Each of `file_variables` (a file secret) is set to its file's path.
+    `watch` sees each relayed chunk of output before masking (in the relay thread).
     """
     private_dir = None
     if files:
@@ -415,6 +441,7 @@ def spawn(
         _copy_window_size(sys.stdout.fileno(), replica)
         if _worker_user is not None:  # its terminal is its own: ttyname, /dev/tty reopen
             os.fchown(replica, *_worker_user)
+        _plain_newlines(replica)
         stdout = stderr = replica
         child_fds = [replica]
         routes = {master: 1}
@@ -448,7 +475,9 @@ def spawn(
         os.close(fd)
     relay = None
     if routes:
-        relay = Relay(routes, masker or Masker(()), on_line=on_line, name=f"relay-{slot}").start()
+        relay = Relay(
+            routes, masker or Masker(()), on_line=on_line, watch=watch, name=f"relay-{slot}"
+        ).start()
     worker = Worker(slot, pid, version, relay, log_match)
     worker.foreground = foreground
     worker.private_dir = private_dir
@@ -481,6 +510,8 @@ class WorkerFactory:
         self.use_pty = use_pty
         self.inherit_stdin = inherit_stdin
         self.log_pattern = log_pattern
+        # Called from a relay thread when a worker printed that its port was taken.
+        self.on_port_collision: Callable[[Worker, int], None] = lambda worker, port: None
 
     def spawn(self, index: int, layers: EnvironmentLayers, port: int | None = None) -> Worker:
         """Start worker `index`; `port` is its AGENT_RUN_PORT (the engine picks the lane)."""
@@ -496,6 +527,7 @@ class WorkerFactory:
         on_line = None
         if self.log_pattern is not None:
             on_line = log_matcher(self.log_pattern, log_match.set)
+        holder: list[Worker] = []  # the worker, for the relay thread's collision report
         worker = spawn(
             self.argv,
             env,
@@ -508,6 +540,30 @@ class WorkerFactory:
             log_match=log_match,
             files=layers.files,
             file_variables=layers.file_variables,
+            watch=self._collision_watch(holder),
         )
         worker.port = port
+        holder.append(worker)
         return worker
+
+    def _collision_watch(self, holder: list[Worker]) -> Callable[[bytes], None]:
+        """A chunk callback: the first "address already in use" line is reported."""
+
+        tail = [b""]  # the end of the previous chunk: a long line may come in two pieces
+
+        def check(chunk: bytes) -> None:
+            previous, tail[0] = tail[0], chunk[-200:]
+            if b"in use" not in chunk and b"EADDRINUSE" not in chunk:
+                return  # one scan of the chunk: the common case costs almost nothing
+            if not holder or holder[0].port_collision is not None:
+                return
+            from launcher.process.port_conflict import collision_port
+
+            for line in (previous + chunk).splitlines():
+                port = collision_port(line)
+                if port is not None:
+                    holder[0].port_collision = port
+                    self.on_port_collision(holder[0], port)
+                    return
+
+        return check

@@ -32,7 +32,7 @@ from launcher.ops.status import (
 )
 from launcher.process import reaper
 from launcher.process.readiness import ReadySpec, probe_until_ready
-from launcher.process.worker import Worker
+from launcher.process.worker import Worker, WorkerFactory
 from launcher.supervision import planner
 from launcher.supervision.planner import Phase, SlotFate, Verdict
 
@@ -53,6 +53,9 @@ _VERDICT_STATE = {
     Verdict.SUCCEEDED: RolloutState.SUCCEEDED,
     Verdict.ABORTED: RolloutState.ABORTED,
 }
+
+
+ABORT_LINES = 10  # of a failed replacement's output, in the abort report
 
 
 def settings_from(config: RunConfig, spec: ReadySpec) -> planner.Settings:
@@ -113,6 +116,12 @@ class Engine:
         self.stop_process: Callable[[Worker, bool], None] = lambda worker, session: worker.stop(
             self.config.stop_signal
         )
+        # What the failed replacement of the last aborted rollout printed last (masked).
+        self._abort_lines: tuple[str, ...] = ()
+        # The last few workers that exited, kept for the abort report (their output).
+        self._exited: list[Worker] = []
+        if isinstance(factory, WorkerFactory):  # session mode's factory reports nothing
+            factory.on_port_collision = self._port_collision
 
     # --- events in ---------------------------------------------------------------------
 
@@ -143,6 +152,7 @@ class Engine:
     def _reaped(self, worker: Worker, status: int) -> None:
         pid = worker.pid
         self.workers.pop(pid, None)
+        self._exited = [*self._exited[-(2 * self.config.workers + 2) :], worker]
         worker.reaped(status)
         if worker.interrupted:  # the terminal's Ctrl-C reached our foreground worker
             self.shutdown()
@@ -545,6 +555,7 @@ class Engine:
         if notes.rollout_started:
             self._rollout_started_at = time.time()
             self._skipped = None
+            self._abort_lines = ()
             self.log(
                 "rollout_started",
                 from_version=self._version(rollout.from_generation),
@@ -569,15 +580,60 @@ class Engine:
         version = self._version(rollout.to_generation)
         if rollout.verdict is Verdict.SUCCEEDED:
             self.log("rollout_succeeded", to_version=version, seconds=seconds)
-        else:
-            self.log(
-                "rollout_aborted",
-                to_version=version,
-                serving_version=self.serving_version(),
-                reason=rollout.reason,
-                seconds=seconds,
-                level="error",
-            )
+        elif self._tg is not None:
+            self._tg.start_soon(self._report_abort, version, self.serving_version(), seconds)
+
+    def _failed_candidate(self) -> Worker | None:
+        """The newest process of the aborted rollout's target: the replacement that failed."""
+        target = self.state.rollout.to_generation
+        candidates = [w for w in [*self._exited, *self.workers.values()] if w.generation == target]
+        return max(candidates, key=lambda w: w.started_monotonic, default=None)
+
+    async def _report_abort(self, version: int | None, serving: int | None, seconds: float) -> None:
+        """`rollout_aborted` with the failed replacement's last lines (masked) and its port."""
+        worker = self._failed_candidate()
+        fields: dict[str, object] = {}
+        if worker is not None:
+            if worker.relay is not None:  # its last lines may still be on their way
+                await anyio.to_thread.run_sync(worker.relay.wait, 2.0)
+            self._abort_lines = tuple(worker.last_lines(ABORT_LINES))
+            fields = {"replacement_pid": worker.pid, "slot": worker.slot, "port": worker.port}
+            if worker.port_collision is not None:
+                fields["port_in_use"] = worker.port_collision or "unknown"
+            self.on_change()
+        self.log(
+            "rollout_aborted",
+            to_version=version,
+            serving_version=serving,
+            reason=self.state.rollout.reason,
+            **fields,
+            last_lines=list(self._abort_lines),
+            seconds=seconds,
+            level="error",
+        )
+
+    def _port_collision(self, worker: Worker, port: int) -> None:
+        """From a relay thread: name the port, its holder and the fix (once per worker)."""
+        from launcher.process import port_conflict
+
+        found = port_conflict.holder(port) if port else None
+        state = self.state  # an immutable snapshot: safe to read from this thread
+        workers = {}
+        for w in list(self.workers.values()):
+            proc = state.proc(w.pid)
+            phase = "?" if proc is None else proc.phase.value
+            workers[w.pid] = (w.slot, w.version, "draining" if phase == "stopping" else phase)
+        fields = {
+            "slot": worker.slot,
+            "pid": worker.pid,
+            "port": port or "unknown",
+            "held_by": port_conflict.owner_text(found, workers) if port else "unknown",
+            "fix": port_conflict.FIX,
+            "level": "error",
+        }
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(lambda: self.log("port_in_use", **fields))
 
     def _settle_waiters(self) -> None:
         rollout = self.state.rollout
@@ -660,6 +716,7 @@ class Engine:
             finished_at=self._wall(rollout.finished),
             reason=rollout.reason if rollout.verdict is Verdict.ABORTED else self._skipped,
             refused=self._refused,
+            last_lines=self._abort_lines if rollout.verdict is Verdict.ABORTED else (),
         )
         return PoolStatus(
             name=name,

@@ -1,0 +1,205 @@
+"""Unmodified livekit-agents workers under agent-run, against a stand-in LiveKit server.
+
+The workers are the real package (`livekit-agents`, from the test extras) run as `python
+agent.py start`; the server (tests/livekit_server.py) verifies their JWT with the platform
+secret, registers them, offers and assigns jobs, and records how many workers were registered
+and available (not draining) at every moment.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from .conftest import AGENTS, CLI, SAMPLE_AGENTS, Launcher
+from .livekit_server import StandInServer
+
+pytest.importorskip("livekit.agents")
+# Each worker imports livekit-agents and pre-warms its job processes: seconds of CPU each,
+# much more beside CPU hogs. Deadlines are generous; nothing here is timed.
+pytestmark = pytest.mark.timeout(600)
+
+SAMPLE = SAMPLE_AGENTS / "livekit_agent.py"  # a default AgentServer()
+CALLS = AGENTS / "livekit_calls.py"  # the sample, taking jobs whatever the CPU load
+PINNED = AGENTS / "livekit_pinned_port.py"
+READY = ("--ready", "log:registered worker")
+JS_SUCCESS = 2  # livekit.protocol.agent.JobStatus
+
+
+@pytest.fixture
+def livekit(cli: CLI) -> Iterator[StandInServer]:
+    """A stand-in LiveKit server whose credentials agent-run holds as platform credentials."""
+    key = "API" + secrets.token_hex(4)
+    secret = base64.b64encode(os.urandom(24)).decode()
+    with StandInServer(key, secret) as server:
+        done = cli(
+            "platform", "set", "livekit", f"LIVEKIT_URL={server.url}", f"LIVEKIT_API_KEY={key}",
+            "--stdin", "LIVEKIT_API_SECRET", input=secret,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        yield server
+
+
+def _health_ports(launcher: Launcher) -> list[int]:
+    """The ports the workers' own HTTP servers said they listen on, in order."""
+    marker = "HTTP server listening on "
+    ports = []
+    for line in launcher.output().splitlines():
+        if marker in line:
+            ports.append(int(line.split(marker, 1)[1].split('"', 1)[0].rsplit(":", 1)[1]))
+    return ports
+
+
+def _roll(
+    cli: CLI, launch: Callable[..., Launcher], livekit: StandInServer, workers: int, agent: Path
+) -> tuple[Launcher, float]:
+    """A pool of `workers` registered, then a new secrets version rolled out through it: the
+    launcher and when the update was made (the start of the no-gap window)."""
+    cli("secrets", "set", "demo", "DEMO_API_KEY=first-value")
+    launcher = launch(
+        "--secrets", "demo", "--workers", str(workers), *READY, str(agent), "start"
+    )  # fmt: skip
+    livekit.wait_available(workers, timeout=120)
+    for _ in range(workers):
+        launcher.wait_event("worker_ready", timeout=60)
+    updated = time.monotonic()
+    cli("secrets", "set", "demo", "DEMO_API_KEY=second-value")
+    launcher.wait_event("rollout_succeeded", timeout=60 + 40 * workers, to_version=2)
+    return launcher, updated
+
+
+def _wait_old_workers_gone(launcher: Launcher, workers: int) -> None:
+    for _ in range(workers):
+        launcher.wait_event("worker_drained", timeout=60)
+
+
+def test_default_agent_server_pool_of_two_registers_and_rolls_without_a_gap(
+    cli: CLI, launch: Callable[..., Launcher], livekit: StandInServer
+) -> None:
+    """Two default AgentServer() workers both register (no 8081 clash) and roll with never fewer than 2 available."""
+    launcher, updated = _roll(cli, launch, livekit, 2, SAMPLE)
+    _wait_old_workers_gone(launcher, 2)
+    assert livekit.min_available(updated, time.monotonic()) >= 2
+    assert len(livekit.available()) == 2
+    ports = _health_ports(launcher)
+    assert len(ports) == 4 and len(set(ports)) == 4 and 8081 not in ports
+    assert "address already in use" not in launcher.output()
+    assert not [e for e in launcher.events if e.get("event") == "port_in_use"]
+
+
+@pytest.mark.slow
+def test_default_agent_server_pool_of_four_rolls_without_a_gap(
+    cli: CLI, launch: Callable[..., Launcher], livekit: StandInServer
+) -> None:
+    """Four default AgentServer() workers roll with never fewer than 4 available at the server."""
+    launcher, updated = _roll(cli, launch, livekit, 4, SAMPLE)
+    _wait_old_workers_gone(launcher, 4)
+    assert livekit.min_available(updated, time.monotonic()) >= 4
+    assert len(livekit.available()) == 4
+
+
+def test_rollout_during_a_live_call(
+    cli: CLI, launch: Callable[..., Launcher], livekit: StandInServer
+) -> None:
+    """With --workers 1 the call in progress finishes on the draining worker; the next call lands on the new one with the new secret; never 0 available."""
+    cli("secrets", "set", "demo", "DEMO_API_KEY=first-value")
+    launcher = launch("--secrets", "demo", *READY, str(CALLS), "start")
+    (first_worker,) = livekit.wait_available(1, timeout=120)
+    call = livekit.dispatch()
+    report = livekit.wait_report(call)
+    assert report["secrets_version"] == "1"
+    updated = time.monotonic()
+    cli("secrets", "set", "demo", "DEMO_API_KEY=second-value")
+    launcher.wait_event("rollout_succeeded", timeout=90, to_version=2)
+    stopping = launcher.wait_event("worker_stopping", timeout=30, version=1)
+    # The old worker drains while its call goes on: it is alive and takes no new job.
+    livekit.wait_until(lambda: first_worker.draining, 30, "drain of the old worker")
+    assert first_worker.connected
+    livekit.end_call(call)
+    livekit.wait_job_status(call, JS_SUCCESS)
+    drained = launcher.wait_event("worker_drained", timeout=60, pid=stopping["pid"])
+    assert drained["code"] == 0
+    later = livekit.dispatch()
+    assert later.worker_id != first_worker.id
+    later_report = livekit.wait_report(later)
+    assert later_report["secrets_version"] == "2"
+    assert later_report["demo_api_key_sha256"] != report["demo_api_key_sha256"]
+    livekit.end_call(later)
+    assert livekit.min_available(updated, time.monotonic()) >= 1
+
+
+def test_term_with_a_call_running_drains_it_and_leaves_nothing(
+    cli: CLI, launch: Callable[..., Launcher], livekit: StandInServer
+) -> None:
+    """TERM to agent-run: the worker stops taking jobs, finishes its call, exits 0, and no process is left."""
+    cli("secrets", "set", "demo", "DEMO_API_KEY=first-value")
+    launcher = launch("--secrets", "demo", *READY, str(CALLS), "start")
+    (worker,) = livekit.wait_available(1, timeout=120)
+    call = livekit.dispatch()
+    job_pid = int(livekit.wait_report(call)["pid"])
+    launcher.signal(signal.SIGTERM)
+    livekit.wait_until(lambda: worker.draining, 30, "drain after TERM")
+    assert launcher.proc.poll() is None  # still draining: the call is running
+    livekit.end_call(call)
+    livekit.wait_job_status(call, JS_SUCCESS)
+    assert launcher.wait(timeout=60) == 0
+    with pytest.raises(ProcessLookupError):
+        os.kill(job_pid, 0)
+
+
+def test_wrong_credential_aborts_and_keeps_the_old_worker(
+    cli: CLI, launch: Callable[..., Launcher], livekit: StandInServer
+) -> None:
+    """A wrong LIVEKIT_API_SECRET aborts the rollout: old worker kept, never stopped; the report names the cause and shows the replacement's last lines, masked."""
+    cli("secrets", "set", "demo", "DEMO_API_KEY=first-value")
+    launcher = launch(
+        "--secrets", "demo", "--ready-timeout", "45", *READY, str(SAMPLE), "start"
+    )  # fmt: skip
+    (old,) = livekit.wait_available(1, timeout=120)
+    old_pid = launcher.wait_event("worker_ready", timeout=60)["pid"]
+    wrong = "wrong-" + secrets.token_hex(12)
+    done = cli("platform", "set", "livekit", "--stdin", "LIVEKIT_API_SECRET", input=wrong)
+    assert done.returncode == 0, done.stderr
+    aborted = launcher.wait_event("rollout_aborted", timeout=90)
+    assert "not ready within --ready-timeout 45s" in str(aborted["reason"])
+    assert aborted["serving_version"] == 1 and aborted["replacement_pid"] != old_pid
+    assert any("failed to connect to livekit" in line for line in aborted["last_lines"])  # type: ignore[union-attr]
+    assert livekit.rejected_tokens >= 1
+    assert old.connected and not old.draining and livekit.available() == [old]
+    assert not [
+        e
+        for e in launcher.events
+        if e.get("event") == "worker_stopping" and e.get("pid") == old_pid
+    ]
+    status = cli("status")
+    assert status.returncode == 0
+    assert "aborted" in status.stdout and "last lines of the failed replacement" in status.stdout
+    assert wrong not in launcher.output() and wrong not in status.stdout
+
+
+def test_pinned_port_collision_names_the_port_the_holder_and_the_fix(
+    cli: CLI, launch: Callable[..., Launcher], livekit: StandInServer
+) -> None:
+    """A worker whose code pins its port: the second of a pool fails, and agent-run logs the port, the worker holding it, and the fix."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    launcher = launch(
+        "--workers", "2", *READY, str(PINNED), "start", env={"PINNED_PORT": str(port)}
+    )  # fmt: skip
+    collision = launcher.wait_event("port_in_use", timeout=120)
+    assert collision["port"] == port
+    ready = launcher.wait_event("worker_ready", timeout=60)
+    held_by = str(collision["held_by"])
+    assert f"pid {ready['pid']} " in held_by and f"slot {ready['slot']}" in held_by
+    assert 'port=int(os.environ["AGENT_RUN_PORT"])' in str(collision["fix"])
+    assert "port=0" in str(collision["fix"])
