@@ -11,6 +11,8 @@ returned:
 - min available: the fewest registered, not draining workers at any moment of the rollout.
 Baseline from the same run: a cold start of one worker without agent-run (`python
 livekit_agent.py start` to registered), the floor of any rollout step.
+Also the cost of agent-run's start-up hook for Python targets (launcher/process/
+python_bootstrap): `python -c pass` with and without it on PYTHONPATH, interleaved rounds.
 """
 
 from __future__ import annotations
@@ -33,6 +35,21 @@ from tests.livekit_server import StandInServer  # noqa: E402
 AGENT = ROOT / "sample_agents" / "livekit_agent.py"
 KEY = "APIbench"
 SECRET = base64.b64encode(os.urandom(24)).decode()
+
+
+def hook_cost(rounds: int = 40) -> tuple[float, float]:
+    """Median ms of `python -c pass` without and with the start-up hook, interleaved."""
+    from launcher.environment import PYTHON_BOOTSTRAP
+
+    plain_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    hooked_env = {**plain_env, "PYTHONPATH": PYTHON_BOOTSTRAP}
+    timings: dict[str, list[float]] = {"plain": [], "hooked": []}
+    for _ in range(rounds):
+        for name, env in (("plain", plain_env), ("hooked", hooked_env)):
+            started = time.perf_counter()
+            subprocess.run([sys.executable, "-c", "pass"], env=env, check=True)
+            timings[name].append((time.perf_counter() - started) * 1000)
+    return statistics.median(timings["plain"]), statistics.median(timings["hooked"])
 
 
 def cold_start(server: StandInServer, env: dict[str, str]) -> float:
@@ -141,6 +158,10 @@ def main() -> None:
             "LIVEKIT_API_KEY": KEY,
             "LIVEKIT_API_SECRET": SECRET,
         }
+        plain, hooked = hook_cost()
+        print(
+            f"start-up hook: python -c pass {plain:.1f} ms, with the hook {hooked:.1f} ms (medians)"
+        )
         cold = [cold_start(server, env) for _ in range(2)]
         print(
             f"baseline: cold start of one worker without agent-run, median {statistics.median(cold):.2f}s (max {max(cold):.2f}s)"

@@ -253,7 +253,7 @@ class StandInServer:
             self._pending_availability[job_id] = answer
             await record.ws.send_bytes(request.SerializeToString())
             try:
-                response = await asyncio.wait_for(answer, 30)
+                response = await asyncio.wait_for(answer, 120)
             except TimeoutError:
                 continue
             if not response.available:
@@ -288,7 +288,7 @@ class StandInServer:
         await job.release.wait()
         return web.Response(text="call ended")
 
-    def wait_report(self, job: JobRecord, timeout: float = 90) -> dict[str, Any]:
+    def wait_report(self, job: JobRecord, timeout: float = 300) -> dict[str, Any]:
         if not job.reported.wait(timeout):
             raise AssertionError(f"stand-in LiveKit server: job {job.id} never reported")
         assert job.report is not None
@@ -298,5 +298,5 @@ class StandInServer:
         assert self._loop is not None and job.release is not None
         self._loop.call_soon_threadsafe(job.release.set)
 
-    def wait_job_status(self, job: JobRecord, status: int, timeout: float = 90) -> None:
+    def wait_job_status(self, job: JobRecord, status: int, timeout: float = 300) -> None:
         self.wait_until(lambda: status in job.statuses, timeout, f"job {job.id} status {status}")

@@ -18,6 +18,10 @@ from launcher.process.port_conflict import collision_port, holder, owner_text
             b'{"exc_info": "...OSError: [Errno 98] error while attempting to bind on address (\'0.0.0.0\', 8081): address already in use"}',
             8081,
         ),
+        (
+            b"OSError: [Errno 98] error while attempting to bind on address ('::', 8081, 0, 0): address already in use",
+            8081,
+        ),
         (b"Error: listen EADDRINUSE: address already in use :::8081", 8081),
         (b"2026-12-01T03:25:20Z listen tcp 0.0.0.0:7860: bind: address already in use", 7860),
         (b"OSError: [Errno 98] Address already in use", 0),

@@ -20,8 +20,9 @@ FIX = (
 )
 
 _COLLISION = re.compile(rb"address already in use|EADDRINUSE|Errno 98\b", re.IGNORECASE)
-# asyncio/aiohttp: "error while attempting to bind on address ('0.0.0.0', 8081)"
-_PYTHON_ADDRESS = re.compile(rb"\('[^']*', (\d{1,5})\)")
+# asyncio/aiohttp: "error while attempting to bind on address ('0.0.0.0', 8081)", and for
+# IPv6 "('::', 8081, 0, 0)"
+_PYTHON_ADDRESS = re.compile(rb"\('[^']*', (\d{1,5})[,)]")
 # node "listen EADDRINUSE: address already in use :::8081", go "listen tcp :8081: bind: ...",
 # uvicorn "[Errno 98] ... ('127.0.0.1', 8000)" (above), "0.0.0.0:8081"
 _HOST_PORT = re.compile(rb"(?:^|[\s\[(])(?:[\w.-]*|\[?[0-9a-fA-F:]*\]?):(\d{1,5})\b")
