@@ -222,8 +222,11 @@ def test_pinned_port_collision_names_the_port_the_holder_and_the_fix(
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    # LiveKit exits 0 after a failed bind: with on-failure the slot is not restarted, so the
+    # second worker fails once (a restart would only fail the same way).
     launcher = launch(
-        "--workers", "2", *READY, str(PINNED), "start", env={"PINNED_PORT": str(port)}
+        "--workers", "2", "--restart", "on-failure", *READY, str(PINNED), "start",
+        env={"PINNED_PORT": str(port)},
     )  # fmt: skip
     collision = launcher.wait_event("port_in_use", timeout=300)
     assert collision["port"] == port
