@@ -18,8 +18,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable, Mapping
-
-from launcher.record import NamedTuple
+from typing import NamedTuple
 
 # agent-run itself needs a moment after the workers' SIGKILL: reaping, the last log lines.
 EXIT_MARGIN_S = 10.0

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-
-from launcher.record import NamedTuple
+from typing import NamedTuple
 
 FIX = (
     'give each worker its own port: port=int(os.environ["AGENT_RUN_PORT"]) with --port-base, '
