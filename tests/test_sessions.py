@@ -196,6 +196,7 @@ def test_secret_values_are_masked(serve: Callable[..., Server]) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # 50 cold session starts: over 120 s at load 30 beside two CPU hogs
 def test_read_after_write_50_rounds(serve: Callable[..., Server], cli: CLI) -> None:
     """50 times: `secrets set` returns, a session starts at once, and it sees the new value.
 
