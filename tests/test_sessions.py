@@ -390,3 +390,23 @@ def test_status_shows_warm_processes_and_sessions(serve: Callable[..., Server], 
     assert "session mode" in human and answer["id"] in human
     server.http.delete(f"/sessions/{answer['id']}")
     server.launcher.wait_event("session_ended", session=answer["id"])
+
+
+def test_updates_racing_the_watch_never_fail_a_session(
+    serve: Callable[..., Server], cli: CLI
+) -> None:
+    """Updates back to back with the watch on: every session starts, on the newest values.
+
+    Superseded warm processes exit while their replacements start; a channel closed under
+    its reader once left the event loop watching a reused fd, and a later session's process
+    then looked closed ("exited before the entrypoint ran").
+    """
+    server = serve("--idle", "2", "--max-sessions", "64", watch=True)
+    server.imported(2)
+    for round_ in range(2, 42):
+        value = f"value-{round_}"
+        assert cli("secrets", "set", "demo", f"DEMO_API_KEY={value}").returncode == 0
+        answer = server.post({"round": round_})
+        assert answer.status_code == 201, answer.text
+        report = server.file(f"{answer.json()['id']}.json")
+        assert report["key_sha256"] == sha(value), round_

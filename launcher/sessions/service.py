@@ -192,8 +192,6 @@ class SessionRuntime:
                 entrypoint=str(self.entry),
                 level="error",
             )
-        if not warm.channel.fileno() < 0:
-            warm.channel.close()
 
     def _stop_process(self, worker: Worker, session: bool) -> None:
         warm = self.factory.processes.get(worker.pid)

@@ -80,6 +80,11 @@ class WarmProcess:
             pass
         finally:
             self.closed.set()
+            # Closed here, by the only task that waits on it: a socket closed under a waiting
+            # task leaves the event loop watching its fd number, which the next socketpair
+            # reuses (a later session's channel then looked closed).
+            if self.channel.fileno() >= 0:
+                self.channel.close()
 
     async def send(self, data: bytes) -> None:
         import anyio
