@@ -175,7 +175,10 @@ def _container_script(docker: DockerRun, argv: list[str]) -> str:
         lines.append(f"mount --bind {shlex.quote(source)} {quoted}")
         if read_only:
             lines.append(f"mount -o remount,bind,ro {quoted}")
-    lines.append("mount -t tmpfs -o mode=1777 tmpfs /tmp")  # the container's own /tmp
+    if not str(BIN).startswith("/tmp/"):
+        # The container's own /tmp; not when this checkout's venv lives under /tmp (a CI
+        # clone there), which the tmpfs would hide from the emulated image.
+        lines.append("mount -t tmpfs -o mode=1777 tmpfs /tmp")
     env = {
         "PATH": f"{BIN}:/usr/local/bin:/usr/bin:/bin",
         "HOME": "/",
