@@ -228,6 +228,15 @@ class Launcher:
         self._close()
 
 
+def alive(pid: int) -> bool:
+    """True while a process with this pid exists (a zombie counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def read_reports(directory: Path) -> dict[int, dict[str, object]]:
     """Every probe report in `directory`, by pid."""
     import json as _json

@@ -7,24 +7,15 @@ applies them to real processes, signals and ports.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .conftest import CLI, PROBE, Launcher, read_reports
+from .conftest import CLI, PROBE, Launcher, alive, read_reports
 
 NOTIFY = {"PROBE_NOTIFY": "1"}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def _free_port_pair() -> int:
@@ -72,7 +63,7 @@ def test_term_during_a_rollout_drains_everything_once_and_exits(
     assert len(reports) == 4  # 3 old workers and the one replacement
     for report in reports.values():
         assert len(report["terms"]) == 1, report  # type: ignore[arg-type]
-        assert not _alive(int(report["pid"]))  # type: ignore[call-overload]
+        assert not alive(int(report["pid"]))  # type: ignore[call-overload]
     stopping = [e["pid"] for e in launcher.events if e.get("event") == "worker_stopping"]
     assert sorted(stopping) == sorted(set(stopping))  # one stop per process
 
@@ -96,7 +87,7 @@ def test_a_crash_backoff_never_overwrites_a_rollout(
     reports = read_reports(probe_dir)
     v2 = [r for r in reports.values() if r["env"]["AGENT_RUN_SECRETS_VERSION"] == "2"]  # type: ignore[index]
     assert len(v2) == 1
-    live = [pid for pid in reports if _alive(pid)]
+    live = [pid for pid in reports if alive(pid)]
     assert live == [v2[0]["pid"]]
 
 
@@ -135,7 +126,7 @@ def test_a_worker_saying_stopping_is_replaced_while_it_drains(
     first = int(launcher.wait_event("worker_stopping_itself")["pid"])  # type: ignore[call-overload]
     second = int(launcher.wait_event("worker_restarted", restarts=1)["pid"])  # type: ignore[call-overload]
     assert second != first
-    assert _alive(first)
+    assert alive(first)
     assert read_reports(probe_dir)[first]["terms"] == []
 
 

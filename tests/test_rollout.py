@@ -9,17 +9,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .conftest import CLI, PROBE, Launcher, read_reports
+from .conftest import CLI, PROBE, Launcher, alive, read_reports
 
 NOTIFY = {"PROBE_NOTIFY": "1"}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def _ready_pids(launcher: Launcher, count: int, **match: object) -> list[int]:
@@ -57,7 +49,7 @@ def test_update_rolls_every_worker_and_stops_old_only_after_new_is_ready(
     assert all(reports[p]["env"]["VALUE"] == "two" for p in new)  # type: ignore[index]
     ready_times = sorted(float(reports[p]["ready_sent"]) for p in new)  # type: ignore[arg-type]
     deadline = time.monotonic() + 30
-    while any(_alive(p) for p in old) and time.monotonic() < deadline:
+    while any(alive(p) for p in old) and time.monotonic() < deadline:
         time.sleep(0.05)
     reports = read_reports(probe_dir)
     term_times = sorted(reports[p]["terms"][0] for p in old)  # type: ignore[index]
@@ -80,7 +72,7 @@ def test_bad_update_aborts_and_old_workers_keep_serving(
     aborted = launcher.wait_event("rollout_aborted", to_version=2)
     assert "did not become ready" in str(aborted["reason"])
     reports = read_reports(probe_dir)
-    assert all(_alive(p) and not reports[p]["terms"] for p in old)
+    assert all(alive(p) and not reports[p]["terms"] for p in old)
     # A good update after the bad one succeeds.
     cli("secrets", "set", "prod", "PROBE_MODE=serve", "FIXED=yes")
     launcher.wait_event("rollout_succeeded", to_version=3)
@@ -95,7 +87,7 @@ def test_never_ready_replacement_aborts_at_ready_timeout(
     (old,) = _ready_pids(launcher, 1)
     cli("secrets", "set", "prod", "PROBE_NOTIFY=0")  # the next version never sends READY=1
     launcher.wait_event("rollout_aborted")
-    assert _alive(old) and not read_reports(probe_dir)[old]["terms"]
+    assert alive(old) and not read_reports(probe_dir)[old]["terms"]
 
 
 def test_sighup_rolls(cli: CLI, launch: Callable[..., Launcher]) -> None:
