@@ -10,7 +10,12 @@ All against sample_agents/session_bot.py (its "model load" takes SESSION_BOT_LOA
 - sustained: sessions started back to back for --seconds, with --idle 8;
 - read-after-write: --rounds times `agent-run secrets set` returns, then POST at once; the
   session's report (version, hash of the key) must show the new value (stale = 0);
-- leftovers: after TERM, no process that ever served or waited for a session is alive.
+- leftovers: after TERM, no process that ever served or waited for a session is alive;
+- websocket call setup (--calls, needs pipecat-ai[websocket,runner]): a caller connects to
+  WS /ws of bench/call_bot.py, whose bot() sends its entry time on the socket; connect ->
+  bot() running, and connect -> first message (TCP, handshake and the bot's first message),
+  warm (--idle 4, paced), beside Pipecat's own runner (`python call_bot.py -t exotel`)
+  serving the same bot in the same run.
 """
 
 from __future__ import annotations
@@ -157,12 +162,111 @@ def start_latencies(
     return entry, rtt, warm
 
 
+CALL_BOT = ROOT / "bench" / "call_bot.py"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, deadline_s: float = 120.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + deadline_s
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def call_setups(port: int, count: int, pace: float) -> tuple[list[float], list[float]]:
+    """(connect -> bot() running, connect -> bot's first message) in ms, `count` calls."""
+    from websockets.sync.client import connect
+
+    entered, first = [], []
+    for _ in range(count):
+        time.sleep(pace)  # a warm process is waiting again (agent-run), as between real calls
+        wall, start = time.time(), time.perf_counter()
+        with connect(f"ws://127.0.0.1:{port}/ws", open_timeout=60) as ws:
+            message = json.loads(ws.recv(timeout=60))
+            first.append((time.perf_counter() - start) * 1000)
+            entered.append((message["entered_at"] - wall) * 1000)
+    return entered, first
+
+
+def call_setup(env: dict[str, str], count: int) -> None:
+    """Websocket call setup, agent-run beside Pipecat's runner (same bot, same run)."""
+    try:
+        import pipecat.runner.types
+        import websockets  # noqa: F401
+    except ImportError:
+        print("websocket call setup: skipped (pip install 'pipecat-ai[websocket,runner]')")
+        return
+    results = {}
+    port = free_port()
+    pipecat = subprocess.Popen(
+        [sys.executable, str(CALL_BOT), "-t", "exotel", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT / "bench",
+    )
+    try:
+        wait_port(port)
+        call_setups(port, 5, 0.05)  # its first call imports the transport modules
+        results["pipecat"] = call_setups(port, count, 0.1)
+    finally:
+        pipecat.terminate()
+        pipecat.wait(timeout=30)
+    port = free_port()
+    agent_run = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "launcher",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--idle",
+            "4",
+            "--no-watch",
+            "--name",
+            "bench-calls",
+            str(CALL_BOT),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+    )
+    try:
+        wait_port(port)
+        time.sleep(8.0)  # four processes importing Pipecat on two cores
+        results["agent-run"] = call_setups(port, count, 1.0)
+    finally:
+        agent_run.terminate()
+        agent_run.wait(timeout=60)
+    for name, label in (("pipecat", "Pipecat's runner"), ("agent-run", "agent-run, warm")):
+        entered, first = results[name]
+        print(f"ws call setup, {label:17} connect -> bot():       {summary(entered)}")
+        print(f"ws call setup, {label:17} connect -> first msg:   {summary(first)}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--warm", type=int, default=200)
     parser.add_argument("--cold", type=int, default=30)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--calls", type=int, default=100, help="websocket calls (0: skip)")
+    parser.add_argument("--only-calls", action="store_true", help="only the websocket part")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="agent-run-bench-"))
@@ -183,6 +287,10 @@ def main() -> int:
         )
 
     secrets_set("sk-bench-0")
+    if args.calls:
+        call_setup(env, args.calls)
+    if args.only_calls:
+        return 0
     print(
         f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}; "
         f"bot load {os.environ.get('SESSION_BOT_LOAD_S', '0.2')} s"

@@ -98,6 +98,8 @@ class RunConfig(NamedTuple):
     # Session mode.
     listen: str = SESSION_API
     idle: int = 1
-    max_sessions: int | None = None
+    max_sessions: int | None = None  # None: default_max_sessions()
     entrypoint: str | None = None  # module:function
     mode: str = "auto"  # auto | worker | session (--mode)
+    max_session_seconds: float | None = None
+    insecure_no_auth: bool = False

@@ -25,6 +25,7 @@ from launcher.store.names import PLATFORM_CREDENTIALS
 PRIVATE_VARIABLES: frozenset[str] = frozenset(
     {
         "AGENT_RUN_MASTER_KEY",
+        "AGENT_RUN_API_TOKEN",  # the session API's bearer token: for callers, not the agent
         "AGENT_RUN_KEY_FILE",
         "CREDENTIALS_DIRECTORY",
         "NOTIFY_SOCKET",
@@ -89,7 +90,7 @@ def compose(
     """Build the environment of worker slot `worker`."""
     env = {k: v for k, v in layers.inherited.items() if k not in PRIVATE_VARIABLES}
     env.update(layers.env_files)
-    env.update(layers.secrets)
+    env.update((k, v) for k, v in layers.secrets.items() if k not in PRIVATE_VARIABLES)
     env.update(platform_layer(layers.platform, layers.inherited))
     if layers.python_target:
         # Lines must reach the relay as they are written, not when a 8 KiB buffer fills.

@@ -3,7 +3,7 @@
 Run it:
     agent-run secrets set demo DEMO_API_KEY=sk-demo-1
     agent-run --secrets demo --idle 2 sample_agents/session_bot.py
-    curl -X POST localhost:8098/sessions -d '{"room": "demo"}'
+    curl -X POST localhost:8098/sessions -H 'Content-Type: application/json' -d '{"room": "demo"}'
 
 agent-run sees the module-level `bot` and serves sessions instead of running the script. It
 imports this module in pre-warmed processes — the "model load" below happens before any

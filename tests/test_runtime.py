@@ -23,13 +23,19 @@ DEADLINE = 30.0
 class Child:
     """A session process started as the warm pool starts it, with the parent's end of its channel."""
 
-    def __init__(self, tmp_path: Path, function: str = "bot", target: str = str(AGENT)) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        function: str = "bot",
+        target: str = str(AGENT),
+        flags: tuple[str, ...] = (),
+    ) -> None:
         self.dir = tmp_path
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         env = {**os.environ, "SESSION_DIR": str(tmp_path), CHANNEL_VARIABLE: str(child.fileno())}
         env.setdefault("DEMO_API_KEY", "sk-runtime-test")
         self.proc = subprocess.Popen(
-            command(sys.executable, "script", target, function, 15, ["a1"]),
+            [sys.executable, *flags, *command("", "script", target, function, 15, ["a1"])[1:]],
             env=env,
             pass_fds=(child.fileno(),),
             stderr=subprocess.PIPE,
@@ -85,6 +91,32 @@ def test_async_entrypoint_gets_runner_arguments(child: Child) -> None:
     assert report["handle_sigint"] is False
     assert report["channel_variable"] is None  # the channel's fd number is not the agent's business
     assert child.file("s-1.end") == {"outcome": "returned"}
+
+
+def test_runtime_needs_nothing_but_the_standard_library(tmp_path: Path) -> None:
+    """Run by path with `-I -S` (no site-packages, so no agent-run, no PYTHONPATH), beside a
+    `launcher.py` of the user's that would shadow a `-m launcher...` runtime: it serves a
+    session all the same, with plain argument objects that accept new attributes."""
+    home = tmp_path / "bot"
+    home.mkdir()
+    (home / "bot.py").write_text(AGENT.read_text())
+    (home / "launcher.py").write_text("raise SystemExit('the user launcher.py was imported')\n")
+    started = Child(tmp_path, target=str(home / "bot.py"), flags=("-I", "-S"))
+    try:
+        assert started.line() == b"ready"
+        started.session("s-iso", {"n": 1})
+        assert started.line() == b"started"
+        assert started.file("s-iso.json")["body"] == {"n": 1}
+        code, err = started.wait()
+        assert code == 0, err
+    finally:
+        if started.proc.poll() is None:
+            started.proc.kill()
+            started.proc.wait()
+    arguments = RunnerArguments(session_id="s", body={})
+    arguments.call_data = {"call_id": "CA1"}  # create_transport writes these
+    arguments.transport_type = "twilio"  # type: ignore[attr-defined]
+    assert arguments.transport_type == "twilio"  # type: ignore[attr-defined]
 
 
 def test_sync_entrypoint(tmp_path: Path) -> None:
@@ -164,5 +196,5 @@ def test_import_error_exits_before_ready(tmp_path: Path) -> None:
 
 def test_runner_arguments_repr_shows_no_body() -> None:
     """RunnerArguments' repr names the session only: a body may carry tokens."""
-    arguments = RunnerArguments("abc", {"token": "t0ps3cret"})
+    arguments = RunnerArguments(session_id="abc", body={"token": "t0ps3cret"})
     assert "t0ps3cret" not in repr(arguments) and "abc" in repr(arguments)

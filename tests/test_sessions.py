@@ -44,7 +44,9 @@ class Server:
 
     def post(self, body: Any = None, content: bytes | None = None) -> httpx.Response:
         if content is not None:
-            return self.http.post("/sessions", content=content)
+            return self.http.post(
+                "/sessions", content=content, headers={"Content-Type": "application/json"}
+            )
         return self.http.post("/sessions", json=body if body is not None else {})
 
     def file(self, name: str) -> dict[str, Any]:

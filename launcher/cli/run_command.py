@@ -54,6 +54,7 @@ OTHER_VARIABLES = frozenset(
         "AGENT_RUN_INSTANCE",
         "AGENT_RUN_CONTAINMENT",
         "AGENT_RUN_FILES",
+        "AGENT_RUN_API_TOKEN",  # a key of the bound set (session API token), not a variable
     }
 )
 KEY_SEARCH_ORDER = (
@@ -325,7 +326,8 @@ OPTIONS: tuple[Option, ...] = (
         "max_sessions",
         _positive_int,
         None,
-        "session mode: sessions at once; more are answered 429 with Retry-After",
+        "session mode: sessions at once; more are answered 429 with Retry-After "
+        "(default: from the machine's CPUs and memory)",
         "N",
     ),
     Option(
@@ -336,6 +338,23 @@ OPTIONS: tuple[Option, ...] = (
         "worker: a pool of workers; session: serve sessions (POST /sessions) from bot() or "
         "--entrypoint; auto: session mode when the target defines async def bot(runner_args)",
         "MODE",
+    ),
+    Option(
+        "--max-session-seconds",
+        "max_session_seconds",
+        _seconds,
+        None,
+        "session mode: stop a session after this long (warned before); "
+        "a start's X-Pcc-Max-Session-Seconds header may ask for less",
+        "S",
+    ),
+    Option(
+        "--insecure-no-auth",
+        "insecure_no_auth",
+        None,
+        False,
+        "session mode: serve a non-loopback --listen without the bearer token "
+        "(AGENT_RUN_API_TOKEN in the bound set); anyone who reaches the port starts sessions",
     ),
     Option(
         "--entrypoint",

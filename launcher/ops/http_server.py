@@ -54,11 +54,14 @@ def _quiet_server_class() -> Any:
     return QuietServer
 
 
-async def serve_asgi(app: Any, sock: socket.socket, *, task_status: Any = None) -> None:
+async def serve_asgi(
+    app: Any, sock: socket.socket, *, task_status: Any = None, **options: Any
+) -> None:
     """Serve `app` on the already bound `sock` until cancelled; reports the address when up.
 
-    Use with `TaskGroup.start()`; anyio is imported here, not at module level, so that
-    binding the socket (done before the workers are spawned) costs no event-loop import.
+    Use with `TaskGroup.start()` (`functools.partial` for `options`); anyio is imported
+    here, not at module level, so that binding the socket (done before the workers are
+    spawned) costs no event-loop import.
     """
     import anyio
     import uvicorn
@@ -66,7 +69,9 @@ async def serve_asgi(app: Any, sock: socket.socket, *, task_status: Any = None) 
     if task_status is None:
         task_status = anyio.TASK_STATUS_IGNORED
 
-    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off")
+    # `options` are uvicorn's own settings (session mode: its websocket handover class and a
+    # connection limit).
+    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", **options)
     server = _quiet_server_class()(config)
     address = sock.getsockname()[:2]
     try:

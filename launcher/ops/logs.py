@@ -51,13 +51,38 @@ class _WholeLines:
         pass
 
 
+def uses_json(log_format: LogFormat) -> bool:
+    """Whether log lines are JSON: asked for, or `auto` and stderr is not a terminal."""
+    return log_format is LogFormat.JSON or (
+        log_format is LogFormat.AUTO and not sys.stderr.isatty()
+    )
+
+
+def session_tag(session_id: str, use_json: bool) -> Callable[[bytes, int], bytes]:
+    """A relay tag: each line of a session's output names the session (SPEC §5).
+
+    Text: `[session ID] line`; JSON: one object per line with `session`, `stream`, `line`.
+    """
+    prefix = f"[session {session_id}] ".encode()
+
+    def tag(line: bytes, target: int) -> bytes:
+        if not use_json:
+            return prefix + line
+        import json
+
+        text = line.rstrip(b"\r\n").decode("utf-8", "replace")
+        stream = "stdout" if target == 1 else "stderr"
+        record = {"session": session_id, "stream": stream, "line": text}
+        return json.dumps(record).encode() + b"\n"
+
+    return tag
+
+
 def configure(log_format: LogFormat, masker: Masker) -> Log:
     """Configure structlog for the launcher and return `log(event, level=..., **fields)`."""
     import structlog
 
-    use_json = log_format is LogFormat.JSON or (
-        log_format is LogFormat.AUTO and not sys.stderr.isatty()
-    )
+    use_json = uses_json(log_format)
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if use_json

@@ -245,6 +245,8 @@ class Relay:
         self._masker = masker
         self.on_line = on_line  # sees each complete line before masking (log: readiness)
         self.watch = watch  # sees each chunk of lines before masking (port collisions)
+        # Rewrites each masked line before it is written (session mode: the session's id).
+        self.tag: Callable[[bytes, int], bytes] | None = None
         self.name = name
         self._running = _thread.allocate_lock()  # held while the relay runs
         # Appended by the relay thread only; a deque's append and list() are atomic.
@@ -276,10 +278,13 @@ class Relay:
         if self.watch is not None:
             self.watch(data)
         masked = self._masker.mask(data)
-        write_whole(target, masked)
         for line in masked.splitlines():
             if line.strip():
                 self._recent.append(line.rstrip(b"\r")[:RECENT_LINE_MAX].decode("utf-8", "replace"))
+        tag = self.tag
+        if tag is not None:
+            masked = b"".join(tag(line, target) for line in masked.splitlines(keepends=True))
+        write_whole(target, masked)
 
     def _flush_partial(self, fd: int, tail: bytes, held_since: dict[int, float]) -> bytes:
         """Write an unfinished line after a silence, holding back a possible secret's start.

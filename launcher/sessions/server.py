@@ -16,6 +16,37 @@ if TYPE_CHECKING:
     from launcher.sessions.entrypoint import Entrypoint
 
 
+def refuse_open_listen(plan: Plan, host: str) -> None:
+    """ConfigError (78) for a --listen beyond loopback without a bearer token, unless the
+    operator said --insecure-no-auth: a session runs the agent with the operator's keys."""
+    from launcher.sessions.access import TOKEN_VARIABLE, is_loopback
+
+    config = plan.config
+    if is_loopback(host) or plan.layers.secrets.get(TOKEN_VARIABLE) or config.insecure_no_auth:
+        return
+    from launcher.errors import ConfigError
+
+    where = f"set {plan.secret_set!r}" if plan.secret_set else "a set bound with --secrets"
+    raise ConfigError(
+        f"--listen {config.listen} is reachable from other machines, and anyone who reaches "
+        f"it could start sessions with your keys: store a bearer token in {where} "
+        "(agent-run secrets set SET AGENT_RUN_API_TOKEN=$(openssl rand -hex 32)), listen "
+        "on 127.0.0.1, or pass --insecure-no-auth if a proxy in front authenticates"
+    )
+
+
+def server_options(runtime: SessionRuntime) -> dict[str, Any]:
+    """uvicorn's settings for the session API: WS /ws handed to a session process
+    (handover.py), and a limit on open connections."""
+    from launcher.sessions.handover import protocol_class
+    from launcher.sessions.service import connection_limit
+
+    return {
+        "ws": protocol_class(runtime),
+        "limit_concurrency": connection_limit(runtime.max_sessions),
+    }
+
+
 def serve(plan: Plan, entry: Entrypoint) -> int:
     """Run session mode until TERM/INT; returns the exit code (0 after a graceful stop).
 
@@ -29,6 +60,7 @@ def serve(plan: Plan, entry: Entrypoint) -> int:
 
     config = plan.config
     host, port = parse_host_port(config.listen, "--listen")
+    refuse_open_listen(plan, host)
     listener = bind(host, port, "--listen")
     health_socket = None
     if config.health:
@@ -54,7 +86,7 @@ async def _main(
     from launcher.sessions.api import create_app
 
     log = logs.configure(plan.config.log_format, masker or Masker(()))
-    runtime = SessionRuntime(plan, entry, masker, log, listener, create_app)
+    runtime = SessionRuntime(plan, entry, masker, log, listener, create_app, server_options)
     code = await host.run(plan, runtime, log, health_socket=health_socket)
     # Of the sessions running when shutdown began: those stopped at the end of the drain,
     # and those that finished on their own within it.

@@ -37,6 +37,7 @@ from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any
 
 from launcher.errors import LauncherError, VersionRegression
+from launcher.sessions.access import TOKEN_VARIABLE, Access, Refused, is_loopback
 from launcher.sessions.entrypoint import Entrypoint, find_entrypoint
 from launcher.sessions.warm_pool import StartFailed, WarmProcess, WarmProcessFactory
 
@@ -56,16 +57,29 @@ __all__ = ["Entrypoint", "Refused", "SessionRuntime", "find_entrypoint"]
 STOP_GRACE_S = 5.0  # after the drain: stop signal, then this long before SIGKILL
 KEEP_ENDED = 1000  # ended sessions kept for GET /sessions
 RETRY_AFTER_S = 1  # what a full runtime tells callers to wait (429)
+READYZ_TIMEOUT_S = 5.0  # the agent's readyz() answers within this, or it is not ready
+SESSION_MEMORY = 512 * 1024 * 1024  # bytes a voice bot process takes, roughly (models, buffers)
 
 
-class Refused(Exception):
-    """A start that the runtime declines: (HTTP status, message, headers)."""
+def default_max_sessions() -> int:
+    """A finite default for --max-sessions: what the machine can hold, by CPUs and memory.
 
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers or {}
+    A voice session keeps a fraction of a core busy and a few hundred MB resident; four per
+    core, and no more than memory holds at SESSION_MEMORY each, stops an unlimited burst of
+    starts from taking the machine down with every call on it.
+    """
+    by_cpu = 4 * (os.cpu_count() or 1)
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return by_cpu
+    return max(1, min(by_cpu, memory // SESSION_MEMORY))
+
+
+def connection_limit(max_sessions: int) -> int:
+    """Open connections the API serves at once (uvicorn answers 503 beyond): room for every
+    session's start and its callers' status requests, not for a flood of idle sockets."""
+    return 4 * max_sessions + 64
 
 
 class Session:
@@ -116,6 +130,7 @@ class SessionRuntime:
         log: Any,
         listener: Any = None,
         create_app: Callable[[SessionRuntime], Any] | None = None,
+        server_options: Callable[[SessionRuntime], dict[str, Any]] | None = None,
     ) -> None:
         import anyio
 
@@ -131,7 +146,11 @@ class SessionRuntime:
         self.log = log
         self.listener = listener
         self.create_app = create_app  # the HTTP API (api.py), given by server.py
+        self.server_options = server_options  # uvicorn settings (the WS /ws handover), too
         self.factory = WarmProcessFactory(config, entry, masker)
+        self.factory.log = log
+        self.max_sessions = config.max_sessions or default_max_sessions()
+        self.access = Access(is_loopback(config.listen.rpartition(":")[0]), self.api_token)
         settings = planner.Settings(
             size=config.idle,
             surge=max(config.idle, 1),  # idle processes serve nothing: replace them all at once
@@ -161,6 +180,7 @@ class SessionRuntime:
         self._claimed: set[int] = set()  # warming processes a waiting session watches
         self.draining_sessions: list[Session] = []  # running when shutdown began
         self._lock = anyio.Lock()
+        self._readyz_lock = anyio.Lock()
         self._tg: anyio.abc.TaskGroup | None = None
 
     # --- the engine's hooks ---------------------------------------------------------------
@@ -169,6 +189,7 @@ class SessionRuntime:
         warm = self.factory.processes[worker.pid]
 
         def ready() -> None:
+            self.factory.has_readyz = self.factory.has_readyz or warm.has_readyz
             self.ever_ready = True
             self.import_failures = 0
             self.engine.ready(worker)
@@ -211,20 +232,40 @@ class SessionRuntime:
         return layers
 
     async def serve(self, tg: anyio.abc.TaskGroup) -> None:
+        from functools import partial
+
         from launcher.ops.http_server import serve_asgi
 
         self._tg = tg
         if self.listener is None or self.create_app is None:
             return
-        address = await tg.start(serve_asgi, self.create_app(self), self.listener)
+        options = self.server_options(self) if self.server_options is not None else {}
+        server = partial(serve_asgi, **options)
+        address = await tg.start(server, self.create_app(self), self.listener)
         self.log(
             "sessions_listening",
             address=f"{address[0]}:{address[1]}",
             entrypoint=str(self.entry),
             idle=self.config.idle,
-            max_sessions=self.config.max_sessions,
+            max_sessions=self.max_sessions,
+            auth="bearer" if self.api_token() else "none",
             version=self.version,
         )
+
+    def current_layers(self) -> EnvironmentLayers:
+        """The environment a session started now runs with."""
+        layers = self.engine.generations.get(self.engine.wanted_generation())
+        return layers if layers is not None else self.plan.layers
+
+    def api_token(self) -> str | None:
+        """The bearer token from the bound set's current version (never given to workers)."""
+        return self.current_layers().secrets.get(TOKEN_VARIABLE) or None
+
+    def current_environment(self) -> dict[str, str]:
+        """What a session process starting now gets (DAILY_API_KEY for POST /start)."""
+        from launcher.environment import compose
+
+        return compose(self.current_layers(), worker=0)
 
     @property
     def version(self) -> int | None:
@@ -289,7 +330,7 @@ class SessionRuntime:
             "version": self.version,
             "draining": self.draining,
             "idle": self.config.idle,
-            "max_sessions": self.config.max_sessions,
+            "max_sessions": self.max_sessions,
             "warm": warm,
             "sessions_active": self.active(),
             "sessions": [s.as_dict() for s in self.sessions.values() if s.active],
@@ -397,16 +438,22 @@ class SessionRuntime:
         return self._starting + sum(1 for s in self.sessions.values() if s.active)
 
     def admit(self) -> None:
-        """Refused(503) while draining, Refused(429) at --max-sessions."""
+        """Count a start before any of its request is read: Refused(503) while draining,
+        Refused(429) at --max-sessions. `start()` or `release()` gives the place back."""
         if self.draining:
             raise Refused(503, "draining: this runtime is shutting down and takes no sessions")
-        maximum = self.config.max_sessions
-        if maximum is not None and self.active() >= maximum:
+        maximum = self.max_sessions
+        if self.active() >= maximum:
             raise Refused(
                 429,
                 f"at capacity: {maximum} sessions running (--max-sessions); retry later",
                 {"Retry-After": str(RETRY_AFTER_S)},
             )
+        self._starting += 1
+
+    def release(self) -> None:
+        """Give back a place taken by `admit()` for a start that will not happen."""
+        self._starting -= 1
 
     async def take(self) -> tuple[WarmProcess, bool]:
         """A process on the newest good version, ready for a session: (process, was it warm).
@@ -464,23 +511,37 @@ class SessionRuntime:
             await warm.ready.wait()
             tg.cancel_scope.cancel()
 
-    async def start(self, body: Any) -> Session:
-        """Start a session with `body`; returns once its entrypoint is being called."""
+    async def start(
+        self,
+        body: Any,
+        *,
+        session_id: str | None = None,
+        kind: str = "plain",
+        fields: dict[str, Any] | None = None,
+        fds: tuple[int, ...] = (),
+        max_seconds: float | None = None,
+    ) -> Session:
+        """Start an admitted session with `body`; returns once its entrypoint is being called.
+
+        `kind` and `fields` shape the entrypoint's argument (runtime.py): "plain", "daily"
+        (`room_url`, `token`) or "websocket" (`head`, with the connection in `fds`).
+        """
         import json
 
         import anyio
 
         requested = time.perf_counter()
-        self._starting += 1
         self.engine.defer_starts()  # the refill forks after the answer (after_start)
         self._deferred += 1
         try:
+            if session_id is not None and session_id in self.sessions:
+                raise Refused(409, f"session {session_id!r} exists already")
             await self.refresh()
             try:
                 warm, was_warm = await self.take()
             except StartFailed as error:
                 raise Refused(500, error.message) from None
-            session = Session(str(uuid.uuid4()), warm, was_warm)
+            session = Session(session_id or str(uuid.uuid4()), warm, was_warm)
             warm.session = session
             self._remember(session)
         except BaseException:
@@ -489,10 +550,15 @@ class SessionRuntime:
             raise
         finally:
             self._starting -= 1
-        line = json.dumps({"session_id": session.id, "body": body}).encode() + b"\n"
+        if warm.worker.relay is not None:
+            from launcher.ops.logs import session_tag, uses_json
+
+            warm.worker.relay.tag = session_tag(session.id, uses_json(self.config.log_format))
+        request = {"session_id": session.id, "kind": kind, "body": body, **(fields or {})}
+        line = json.dumps(request).encode() + b"\n"
         with anyio.move_on_after(self.config.ready_timeout):
             try:
-                await warm.send(line)
+                await warm.send(line, fds)
             except OSError:
                 pass
             else:
@@ -516,6 +582,9 @@ class SessionRuntime:
         session.start_ms = round(seconds * 1000, 3)
         if self.metrics is not None:
             self.metrics.session_started(seconds)
+        limit = max_seconds if max_seconds is not None else self.config.max_session_seconds
+        if limit is not None and self._tg is not None:
+            self._tg.start_soon(self._time_limit, session, limit)
         self.log(
             "session_started",
             session=session.id,
@@ -556,6 +625,67 @@ class SessionRuntime:
             return
         session.state = "stopping"
         self.engine.end_session(session.process.pid)
+
+    async def _time_limit(self, session: Session, seconds: float) -> None:
+        """The maximum session duration: a warning, then the stop signal, as DELETE does."""
+        import anyio
+
+        warning = min(60.0, seconds * 0.1)
+        with anyio.move_on_after(seconds - warning):
+            await session.done.wait()
+        if not session.active:
+            return
+        self.log(
+            "session_time_limit_near",
+            session=session.id,
+            pid=session.process.pid,
+            stop_in_s=round(warning, 3),
+            max_session_seconds=seconds,
+            level="warning",
+        )
+        with anyio.move_on_after(warning):
+            await session.done.wait()
+        if session.active:
+            self.log("session_time_limit", session=session.id, pid=session.process.pid)
+            self.stop(session)
+
+    async def readyz(self) -> tuple[bool, dict[str, Any]]:
+        """Readiness for /readyz: sessions can start, and the agent's `readyz()` (asked of
+        a warm process, where the agent is imported) says so when the agent defines one."""
+        import json
+
+        import anyio
+
+        from launcher.supervision.planner import Phase
+
+        status = self.pool_status()
+        if status.workers[0].state.value != "ready":
+            return False, {"status": "not ready", "draining": self.draining}
+        if not self.factory.has_readyz:
+            return True, {"status": "ok"}
+        wanted = self.engine.wanted_generation()
+        candidates = self.engine.warm(wanted, Phase.READY) or self.engine.warm(
+            wanted, Phase.STARTING
+        )
+        warm = self.factory.processes.get(candidates[0].pid) if candidates else None
+        if warm is None:
+            return False, {"status": "not ready", "error": "no warm process to ask readyz()"}
+        with anyio.move_on_after(READYZ_TIMEOUT_S):
+            await warm.ready.wait()  # a replacement still importing the agent: wait for it
+        if not warm.ready.is_set() or warm.closed.is_set():
+            return False, {"status": "not ready", "error": "no warm process to ask readyz()"}
+        async with self._readyz_lock:
+            warm.readyz_answered = anyio.Event()
+            try:
+                await warm.send(b'{"readyz": true}\n')
+            except OSError:
+                return False, {"status": "not ready", "error": "warm process went away"}
+            with anyio.move_on_after(READYZ_TIMEOUT_S):
+                await warm.readyz_answered.wait()
+        if not warm.readyz_answered.is_set():
+            return False, {"status": "not ready", "error": "readyz() did not answer"}
+        answer = json.loads(warm.readyz_answer)
+        return bool(answer.get("ready")), answer
 
     def _ended(self, session: Session) -> None:
         code = session.process.worker.exit_code

@@ -46,6 +46,10 @@ class WarmProcess:
         self.spawned_at = time.monotonic()
         self.session: Any = None  # set by the session table when it takes this process
         self.on_ready: Callable[[], None] = lambda: None
+        self.on_message: Callable[[WarmProcess, str, bytes], None] = lambda warm, kind, rest: None
+        self.has_readyz = False  # the agent's module defines readyz()
+        self.readyz_answer = b""  # the last answer of the agent's readyz(), as JSON
+        self.readyz_answered = anyio.Event()
 
     @property
     def pid(self) -> int:
@@ -71,11 +75,18 @@ class WarmProcess:
                 buffer += chunk
                 while b"\n" in buffer:
                     line, buffer = buffer.split(b"\n", 1)
-                    if line == b"ready":
+                    kind, _, rest = line.partition(b" ")
+                    if kind == b"ready":
+                        self.has_readyz = rest == b"readyz"
                         self.ready.set()
                         self.on_ready()
-                    elif line == b"started":
+                    elif kind == b"started":
                         self.started.set()
+                    elif kind == b"readyz":
+                        self.readyz_answer = rest
+                        self.readyz_answered.set()
+                    else:
+                        self.on_message(self, kind.decode("ascii", "replace"), rest)
         except (OSError, anyio.ClosedResourceError):
             pass
         finally:
@@ -86,13 +97,19 @@ class WarmProcess:
             if self.channel.fileno() >= 0:
                 self.channel.close()
 
-    async def send(self, data: bytes) -> None:
+    async def send(self, data: bytes, fds: tuple[int, ...] = ()) -> None:
+        """Write `data`; `fds` travel with its first byte (SCM_RIGHTS), so the process
+        receives the descriptors together with the line that explains them."""
         import anyio
 
         view = memoryview(data)
         while view:
             try:
-                sent = self.channel.send(view)
+                if fds:
+                    sent = socket.send_fds(self.channel, [view], list(fds))
+                    fds = ()
+                else:
+                    sent = self.channel.send(view)
             except BlockingIOError:
                 await anyio.wait_writable(self.channel)
                 continue
@@ -136,6 +153,8 @@ class WarmProcessFactory:
         self._spawn_worker = spawn
         self._counter = 0
         self.processes: dict[int, WarmProcess] = {}
+        self.log: Callable[..., None] = lambda event, **fields: None
+        self.has_readyz = False  # the agent defines readyz() (a warm process said so)
 
     def _argv(self) -> list[str]:
         entry = self.entry
@@ -173,5 +192,20 @@ class WarmProcessFactory:
         finally:
             child.close()
         parent.setblocking(False)
-        self.processes[worker.pid] = WarmProcess(worker, parent)
+        warm = WarmProcess(worker, parent)
+        warm.on_message = self._message
+        self.processes[worker.pid] = warm
         return worker
+
+    def _message(self, warm: WarmProcess, kind: str, rest: bytes) -> None:
+        if kind == "overridden":
+            self.log(
+                "session_env_overridden",
+                pid=warm.pid,
+                keys=rest.decode(errors="replace"),
+                action="bound values re-applied",
+                hint="the agent's import changed these variables (for example "
+                "load_dotenv(override=True) and a .env file); remove the .env entries or "
+                "use override=False",
+                level="warning",
+            )

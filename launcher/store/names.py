@@ -49,7 +49,13 @@ def secret_name_problem(name: str) -> str | None:
     return f"{rule}; did you mean {suggestion}?" if suggestion else rule
 
 
+# agent-run's own credentials kept in a set: sealed like the agent's, never given to it.
+AGENT_RUN_SECRETS = frozenset({"AGENT_RUN_API_TOKEN"})  # session mode's bearer token
+
+
 def is_reserved(name: str) -> bool:
+    if name in AGENT_RUN_SECRETS:
+        return False
     return name in PLATFORM_CREDENTIALS or name.startswith(RESERVED_PREFIX)
 
 

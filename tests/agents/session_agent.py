@@ -43,6 +43,7 @@ def report(runner_args, kind):
         "env_session_id": os.environ.get("AGENT_RUN_SESSION_ID"),
         "channel_variable": os.environ.get("AGENT_RUN_SESSION_FD"),
         "handle_sigint": runner_args.handle_sigint,
+        "api_token_in_env": "AGENT_RUN_API_TOKEN" in os.environ,
     }
     body = runner_args.body if isinstance(runner_args.body, dict) else {}
     if body.get("child"):
