@@ -311,7 +311,7 @@ def main() -> int:
         return Runtime(env, reports, *options)
 
     # Warm: --idle 8, paced so that a warm process is waiting for each request.
-    runtime = run("--idle", "8", "--no-watch")
+    runtime = run("--max-sessions", "1000", "--idle", "8", "--no-watch")
     time.sleep(2.0)  # let the pool warm up
     entry, rtt, warm = start_latencies(runtime, args.warm, pace=0.05)
     print(f"warm start (request -> bot()):    {summary(entry)}  [{warm}/{args.warm} warm]")
@@ -331,14 +331,14 @@ def main() -> int:
     assert runtime.stop() == 0
 
     # Cold: --idle 0, a process per request.
-    runtime = run("--idle", "0", "--no-watch")
+    runtime = run("--max-sessions", "1000", "--idle", "0", "--no-watch")
     entry, rtt, warm = start_latencies(runtime, args.cold, pace=0.0)
     print(f"cold start (request -> bot()):    {summary(entry)}  [{warm}/{args.cold} warm]")
     leftovers |= runtime.pids()
     assert runtime.stop() == 0
 
     # Read-after-write, with the default store watch on (it races the dispatch check).
-    runtime = run("--idle", "2")
+    runtime = run("--max-sessions", "1000", "--idle", "2")
     time.sleep(1.0)
     stale, raw = 0, []
     for round_ in range(1, args.rounds + 1):

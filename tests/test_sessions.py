@@ -204,7 +204,9 @@ def test_read_after_write_50_rounds(serve: Callable[..., Server], cli: CLI) -> N
 
     The file watch is off, so the guarantee comes from the check at dispatch alone; a session
     started before the updates finishes on the values it started with."""
-    server = serve("--idle", "1")
+    # Room for ended sessions whose exit a loaded machine has not reaped yet (the default
+    # --max-sessions is 8 on two cores).
+    server = serve("--idle", "1", "--max-sessions", "64")
     busy = server.post({"seconds": 600}).json()
     assert server.file(f"{busy['id']}.json")["key_sha256"] == sha("value-1")
     for round_ in range(2, 52):
