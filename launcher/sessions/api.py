@@ -210,7 +210,8 @@ def guard(app: Any, runtime: SessionRuntime) -> Any:
     async def guarded(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-            await runtime.refresh()  # a token set a moment ago is the one asked for
+            if runtime.api_token() is not None or not runtime.access.loopback:
+                await runtime.refresh()  # a token set a moment ago is the one asked for
             refused = check_access(
                 runtime.access, scope["method"], scope["path"], headers, path_token=None
             )
