@@ -49,6 +49,14 @@ class Server:
             )
         return self.http.post("/sessions", json=body if body is not None else {})
 
+    def started(self, body: Any = None) -> dict[str, Any]:
+        """POST /sessions that must answer 201; a failure shows the status and the answer."""
+        response = self.post(body)
+        assert response.status_code == 201, f"{response.status_code} {response.text}"
+        answer = response.json()
+        assert isinstance(answer, dict)
+        return answer
+
     def file(self, name: str) -> dict[str, Any]:
         path = self.dir / name
         deadline = time.monotonic() + DEADLINE
@@ -207,12 +215,12 @@ def test_read_after_write_50_rounds(serve: Callable[..., Server], cli: CLI) -> N
     # Room for ended sessions whose exit a loaded machine has not reaped yet (the default
     # --max-sessions is 8 on two cores).
     server = serve("--idle", "1", "--max-sessions", "64")
-    busy = server.post({"seconds": 600}).json()
+    busy = server.started({"seconds": 600})
     assert server.file(f"{busy['id']}.json")["key_sha256"] == sha("value-1")
     for round_ in range(2, 52):
         value = f"value-{round_}"
         assert cli("secrets", "set", "demo", f"DEMO_API_KEY={value}").returncode == 0
-        answer = server.post({"round": round_}).json()
+        answer = server.started({"round": round_})
         assert answer["secrets_version"] == round_
         report = server.file(f"{answer['id']}.json")
         assert (report["version"], report["key_sha256"]) == (str(round_), sha(value)), round_
@@ -233,7 +241,7 @@ def test_watch_refreshes_idle_processes(serve: Callable[..., Server], cli: CLI) 
     # The idle process is replaced ready-first, as a worker is in a rollout.
     server.launcher.wait_event("rollout_succeeded")
     server.imported(2)
-    answer = server.post({}).json()
+    answer = server.started({})
     assert answer["warm"] is True
     assert server.file(f"{answer['id']}.json")["key_sha256"] == sha("value-2")
 
