@@ -26,6 +26,11 @@ import os
 from launcher.errors import PermissionProblem, UsageError
 
 KEY_VARIABLE = "AGENT_RUN_MASTER_KEY"
+# All a root launcher needs of root with --user (measured: tests/test_deploy_recipes.py runs
+# it with only these): start workers as the user (SETUID, SETGID), signal them (KILL), and
+# give them their terminal, notify socket and private files (CHOWN). The image, the unit
+# and the manifest grant exactly these.
+CAPABILITIES = ("CHOWN", "KILL", "SETGID", "SETUID")
 PR_SET_DUMPABLE = 4
 
 _held: dict[str, str] = {}
@@ -79,8 +84,13 @@ def _scrub_initial_environment(name: str) -> None:
         offset += len(entry) + 1
 
 
-def parse_user(spec: str, source: str = "--user") -> tuple[int, int]:
-    """`USER[:GROUP]` (names or numbers) -> (uid, gid); the group defaults to the user's."""
+def parse_user(spec: str, source: str = "--user") -> tuple[int, int] | None:
+    """`USER[:GROUP]` (names or numbers) -> (uid, gid); the group defaults to the user's.
+
+    None when the launcher already runs as exactly that user and group: nothing to drop
+    (the image sets AGENT_RUN_USER=agent, and `docker run --user agent` or a pod's
+    runAsUser may start it as that user already).
+    """
     import grp
     import pwd
 
@@ -97,9 +107,12 @@ def parse_user(spec: str, source: str = "--user") -> tuple[int, int]:
             gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
         except KeyError:
             raise UsageError(f"{source}: no group named {group!r} on this host") from None
+    if (os.geteuid(), os.getegid()) == (uid, gid) and uid != 0:
+        return None
     if os.geteuid() != 0:
         raise PermissionProblem(
             f"{source} {spec}: only a launcher running as root can start workers as another "
-            "user; run agent-run as root, or drop the option to run workers as yourself"
+            f"user (this one runs as uid {os.geteuid()}); run agent-run as root, or run "
+            "workers as yourself: drop --user, or set AGENT_RUN_USER= (empty) to unset it"
         )
     return uid, gid

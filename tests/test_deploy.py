@@ -49,26 +49,36 @@ def test_dockerfile_passes_hadolint(dockerfile: Path) -> None:
 
 def test_agent_dockerfile_builds_on_the_image_readme_builds() -> None:
     """deploy/Dockerfile.agent starts FROM the tag README's `docker build -t` gives the image,
-    and goes back to the image's non-root user after installing the agent's requirements."""
+    and keeps its users: the launcher root, the agent AGENT_RUN_USER (no USER, no override)."""
     text = AGENT_DOCKERFILE.read_text()
     base = re.search(r"^ARG AGENT_RUN_IMAGE=(\S+)$", text, re.M).group(1)  # type: ignore[union-attr]
     readme = (ROOT / "README.md").read_text()
     assert f"docker build -t {base} ." in readme
-    users = re.findall(r"^USER (\S+)$", text, re.M)
-    assert users[-1] == _instructions()["USER"][-1]
+    code = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
+    assert not re.search(r"^USER ", code, re.M) and "AGENT_RUN_USER" not in code
 
 
 def test_dockerfile_promises() -> None:
-    """agent-run is the ENTRYPOINT, a sample agent the CMD, non-root, SIGTERM, a HEALTHCHECK."""
+    """agent-run is the ENTRYPOINT, a sample agent the CMD, SIGTERM, a HEALTHCHECK."""
     found = _instructions()
     assert json.loads(found["ENTRYPOINT"][-1]) == ["agent-run"]
     cmd = json.loads(found["CMD"][-1])
     assert (ROOT / cmd[-1]).is_file(), f"CMD names a missing sample agent: {cmd}"
-    user = found["USER"][-1].split(":")[0]
-    assert user.isdigit() and int(user) != 0
     assert found["STOPSIGNAL"] == ["SIGTERM"]
     assert "/healthz" in found["HEALTHCHECK"][-1]
     assert any("AGENT_RUN_HEALTH=0.0.0.0:8099" in env for env in found["ENV"])
+
+
+def test_dockerfile_runs_the_agent_as_another_user() -> None:
+    """The launcher is root (no USER), its agent `agent` (uid 10001, AGENT_RUN_USER), the
+    store directory root's own (0700)."""
+    found = _instructions()
+    assert "USER" not in found
+    assert any(re.search(r"\bAGENT_RUN_USER=agent\b", env) for env in found["ENV"])
+    run = " ".join(found["RUN"])
+    assert re.search(r"useradd [^&]*--uid 10001 [^&]*\bagent\b", run)
+    store = re.search(r"install -d ([^&]*)/var/lib/agent-run", run).group(1)  # type: ignore[union-attr]
+    assert "-m 0700" in store and "-o" not in store
 
 
 def test_systemd_unit_verifies() -> None:
@@ -100,6 +110,40 @@ def test_systemd_unit_promises() -> None:
     drain = int(re.search(r"--drain-timeout (\d+)", settings["ExecStart"]).group(1))  # type: ignore[union-attr]
     assert int(settings["TimeoutStopSec"]) > drain
     assert int(settings["WatchdogSec"]) > 0
+
+
+def test_systemd_unit_runs_the_agent_as_another_user() -> None:
+    """The launcher root (no User=), bounded to the capabilities it needs; workers --user agent."""
+    from launcher.privilege import CAPABILITIES
+
+    text = UNIT.read_text()
+    settings = dict(
+        line.split("=", 1) for line in text.splitlines() if "=" in line and line[0].isalpha()
+    )
+    assert "User" not in settings and "Group" not in settings
+    assert " --user agent " in settings["ExecStart"]
+    bounding = settings["CapabilityBoundingSet"].split()
+    assert sorted(bounding) == sorted(f"CAP_{cap}" for cap in CAPABILITIES)
+    assert settings["NoNewPrivileges"] == "yes"
+
+
+def test_kubernetes_runs_the_agent_as_another_user() -> None:
+    """Root with only the capabilities it needs, no privilege escalation; the agent as
+    `agent`; store and key root's alone (0400)."""
+    from launcher.privilege import CAPABILITIES
+
+    yaml = pytest.importorskip("yaml")
+    deployment = yaml.safe_load(MANIFEST.read_text())
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    context = container["securityContext"]
+    assert context["runAsUser"] == 0 and context["allowPrivilegeEscalation"] is False
+    assert context["capabilities"]["drop"] == ["ALL"]
+    assert sorted(context["capabilities"]["add"]) == sorted(CAPABILITIES)
+    assert {"name": "AGENT_RUN_USER", "value": "agent"} in container["env"]
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    assert volumes["store"]["configMap"]["defaultMode"] == 0o400
+    assert volumes["master-key"]["secret"]["defaultMode"] == 0o400
 
 
 def test_kubernetes_manifest_validates() -> None:

@@ -48,9 +48,10 @@ class NotifySocket:
         if owner is not None:
             # Sending to a socket needs write on its file and search on its directory: the
             # socket becomes the workers' (0600), the directory stays ours and unlistable.
+            # Mode before owner: once it is theirs, chmod would need CAP_FOWNER too.
             os.chmod(self._dir, 0o711)
-            os.chown(self.path, *owner)
             os.chmod(self.path, 0o600)
+            os.chown(self.path, *owner)
 
     def receive_pending(self, handler: Handler) -> None:
         """Hand every queued datagram to `handler`; returns when the queue is empty."""

@@ -80,7 +80,50 @@ def _private_directory(path: str) -> None:
 def _remove_tree(path: str) -> None:
     import shutil
 
+    if os.geteuid() == 0:
+        try:
+            fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            pass
+        else:
+            try:
+                _reclaim(fd)
+            finally:
+                os.close(fd)
     shutil.rmtree(path, ignore_errors=True)
+
+
+def _reclaim(fd: int) -> None:
+    """As root, make a worker's directory and every directory under it ours again.
+
+    They belong to the worker's user (0700): root lists and empties them only with
+    CAP_DAC_OVERRIDE, which a launcher given just the capabilities it needs does not have
+    (README: SETUID, SETGID, KILL, CHOWN); with CAP_CHOWN, owning them is enough. Each is
+    opened O_PATH|O_NOFOLLOW|O_DIRECTORY and changed through its descriptor (/proc/self/fd),
+    so a directory the worker swapped for a symlink is never followed.
+    """
+    uid, gid = os.geteuid(), os.getegid()
+    here = f"/proc/self/fd/{fd}"
+    try:
+        if os.fstat(fd).st_uid != uid:
+            os.chown(here, uid, gid)
+        listing = os.open(here, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return  # rmtree does what it can
+    try:
+        for name in os.listdir(listing):
+            try:
+                child = os.open(
+                    name, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=listing
+                )
+            except OSError:
+                continue  # a file or a symlink: unlinked as it is
+            try:
+                _reclaim(child)
+            finally:
+                os.close(child)
+    finally:
+        os.close(listing)
 
 
 class PrivateFiles:
@@ -133,7 +176,6 @@ class PrivateFiles:
         try:
             os.mkdir(path, 0o700)
             if owner is not None:
-                os.chown(path, *owner)
                 # The worker's user must pass through the launcher's directories to reach
                 # its own: search permission only, no listing.
                 os.chmod(self.base, 0o711)
@@ -149,6 +191,10 @@ class PrivateFiles:
                         view = view[os.write(fd, view) :]
                 finally:
                     os.close(fd)
+            if owner is not None:
+                # Last: once the directory is theirs, writing into it would need
+                # CAP_DAC_OVERRIDE, which a launcher with only the capabilities it needs lacks.
+                os.chown(path, *owner)
         except OSError:
             _remove_tree(path)
             raise

@@ -15,7 +15,10 @@ agent-run (and root) may be able to read or replace the key.** How that is estab
   is read (no stat-then-open race; O_NONBLOCK so a FIFO planted there cannot hang us).
 - It must be a regular file owned by root or by the user running agent-run, with no write bit
   for group or others. (Root may also use a key owned by the owner of the directory it lies
-  in: `sudo agent-run secrets set` on a service's store reads the service's own key.)
+  in: `sudo agent-run secrets set` on a service's store reads the service's own key; and a
+  key owned by anyone on a read-only secret mount at `/run/secrets`, which no one in the
+  container can replace: `docker run -v key:/run/secrets/agent-run.key:ro` keeps the host
+  owner's uid, and the image's root launcher runs its workers as another user.)
 - If its mode lets group or others read it, it is accepted only where the platform that put it
   there keeps other users out:
   * in `$CREDENTIALS_DIRECTORY` when that directory is owned by root or by us and others
@@ -137,11 +140,18 @@ def _unescape(field: str) -> str:
 
 def mount_points(mountinfo: str = MOUNTINFO) -> list[str]:
     """Where something is mounted in this process's mount namespace ([] if unknown)."""
+    return [point for point, _ in _mounts(mountinfo)]
+
+
+def _mounts(mountinfo: str = MOUNTINFO) -> list[tuple[str, bool]]:
+    """(mount point, read-only) in mountinfo's order: of two mounts on one point, the later
+    is the one seen."""
     try:
         with open(mountinfo, encoding="utf-8", errors="replace") as stream:
-            return [_unescape(line.split(" ")[4]) for line in stream if line.count(" ") >= 5]
+            fields = [line.split(" ") for line in stream if line.count(" ") >= 5]
     except OSError:
         return []
+    return [(_unescape(f[4]), "ro" in f[5].split(",")) for f in fields]
 
 
 def _user(uid: int) -> str:
@@ -263,6 +273,20 @@ def _place(path: str, resolved: str, environ: Mapping[str, str]) -> _Place:
     return _Place("ordinary")
 
 
+def _read_only_secret(path: str, resolved: str) -> bool:
+    """True for a key on a read-only mount at /run/secrets: nobody in this mount namespace
+    can replace it, whoever owns it (a `docker run -v ...:ro` keeps the host's owner)."""
+    secrets_dir = os.path.dirname(DOCKER_SECRET)
+    real_dir = os.path.realpath(secrets_dir)
+    if not (_inside(path, secrets_dir) and _inside(resolved, real_dir)):
+        return False
+    point, read_only = "", False
+    for mount, ro in _mounts():  # the deepest mount holding the file is the one read through
+        if _inside(resolved, mount) and len(mount) >= len(point):
+            point, read_only = mount, ro
+    return read_only and _inside(point, real_dir)
+
+
 def _judge(path: str, resolved: str, info: os.stat_result, environ: Mapping[str, str]) -> None:
     """Raise PermissionProblem when the open key file breaks the rule; see the module doc."""
     shown = path if path == resolved else f"{path} (-> {resolved})"
@@ -272,7 +296,9 @@ def _judge(path: str, resolved: str, info: os.stat_result, environ: Mapping[str,
         )
     mode = stat.S_IMODE(info.st_mode)
     euid = os.geteuid()
-    if info.st_uid not in (0, euid) and not (euid == 0 and _owner(resolved) == info.st_uid):
+    if info.st_uid not in (0, euid) and not (
+        euid == 0 and (_owner(resolved) == info.st_uid or _read_only_secret(path, resolved))
+    ):
         raise PermissionProblem(
             f"key file {shown} is owned by {_user(info.st_uid)}, who could replace the key; "
             f"{_place(path, resolved, environ).advice(resolved, 'owner')}"
