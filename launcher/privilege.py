@@ -87,9 +87,9 @@ def _scrub_initial_environment(name: str) -> None:
 def parse_user(spec: str, source: str = "--user") -> tuple[int, int] | None:
     """`USER[:GROUP]` (names or numbers) -> (uid, gid); the group defaults to the user's.
 
-    None when the launcher already runs as exactly that user and group: nothing to drop
-    (the image sets AGENT_RUN_USER=agent, and `docker run --user agent` or a pod's
-    runAsUser may start it as that user already).
+    None when the launcher already runs as that user (and group, when one is named): there
+    is nothing to drop, and the image's AGENT_RUN_USER=agent must not stop a container that
+    `docker run --user 10001` or a pod's runAsUser started as `agent` already.
     """
     import grp
     import pwd
@@ -107,7 +107,7 @@ def parse_user(spec: str, source: str = "--user") -> tuple[int, int] | None:
             gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
         except KeyError:
             raise UsageError(f"{source}: no group named {group!r} on this host") from None
-    if (os.geteuid(), os.getegid()) == (uid, gid) and uid != 0:
+    if os.geteuid() == uid != 0 and (not group or os.getegid() == gid):
         return None
     if os.geteuid() != 0:
         raise PermissionProblem(

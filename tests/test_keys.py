@@ -282,6 +282,29 @@ def test_docker_secret_0444_is_accepted(cli_env: dict[str, str], shared_dir: Pat
     assert not (shared_dir / "store" / "master.key").exists()
 
 
+@pytest.mark.parametrize("read_only", [True, False], ids=["ro", "rw"])
+def test_root_takes_a_read_only_secret_mount_whoever_owns_it(
+    cli_env: dict[str, str], shared_dir: Path, read_only: bool
+) -> None:
+    """`docker run -v key:/run/secrets/agent-run.key:ro` keeps the host owner's uid: a root
+    launcher accepts it read-only (nobody in the container can replace it), not read-write."""
+    _unshare_or_skip()
+    _key_file(shared_dir / "secret", 0o600)
+    os.chown(shared_dir / "secret", NOBODY, NOBODY)
+    target = "/run/secrets/agent-run.key"
+    setup = f"touch {target}\nmount --bind {shared_dir / 'secret'} {target}"
+    if read_only:
+        setup += f"\nmount -o remount,bind,ro {target}"
+    env = _service_env(cli_env, shared_dir / "store")
+    result = _in_container(setup, ["secrets", "set", "prod", "A=1"], env, shared_dir, uid=0)
+    if read_only:
+        assert result.returncode == 0, result.stderr
+        assert not (shared_dir / "store" / "master.key").exists()
+    else:
+        assert result.returncode == 77
+        assert "owned by nobody (uid 65534), who could replace the key" in result.stderr
+
+
 KUBERNETES_VOLUME = """mount -t tmpfs -o mode=0755 tmpfs /run/secrets
 mkdir /run/secrets/..2026_12_01_00_00_00.1
 cp {key} /run/secrets/..2026_12_01_00_00_00.1/agent-run.key

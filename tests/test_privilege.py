@@ -265,3 +265,65 @@ def test_worker_under_user_owns_its_terminal(base: Path) -> None:
         os.close(master)
     assert report["uid"] == NOBODY
     assert report["tty_owner"] == NOBODY
+
+
+def test_session_processes_under_user_get_their_secrets_and_nothing_else(base: Path) -> None:
+    """Session mode with --user, the launcher holding only the capabilities the deployment
+    files grant: the warm process that serves a session runs as the user without groups and
+    has the set's secrets; the launcher's /proc entries, the key file, the store, another
+    set and the control socket are out of its reach."""
+    import httpx
+
+    from launcher.privilege import CAPABILITIES
+
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv (util-linux) to bound the launcher's capabilities")
+    bounded = ["setpriv", "--bounding-set=-all," + ",".join(f"+{c.lower()}" for c in CAPABILITIES)]
+
+    env = _env(base)
+    _cli(base, env, "secrets", "set", "prod", "API_KEY=sk-own-0042")
+    _cli(base, env, "secrets", "set", "other", "OTHER_KEY=sk-not-yours-0099")
+    store = base / "store"
+    key_file = store / "master.key"
+    env["SPY_TRY"] = os.pathsep.join(
+        [str(store), str(key_file), str(store / "other.set"), str(store / "run"),
+         str(store / "run" / "prod.sock")]
+    )  # fmt: skip
+    (base / "report").mkdir()
+    (base / "report").chmod(0o777)
+    launcher = Launcher(
+        [*bounded, "--", _interpreter(), "-m", "launcher", "--user", f"{NOBODY}:{NOBODY}",
+         "--secrets", "prod", "--mode", "session", "--listen", "127.0.0.1:0", "--idle", "1", "--no-watch",
+         str(AGENTS / "session_spy.py")],
+        env, base,
+    )  # fmt: skip
+    try:
+        address = launcher.wait_event("sessions_listening", timeout=60)["address"]
+        answer = httpx.post(f"http://{address}/sessions", json={}, timeout=60)
+        assert answer.status_code == 201, answer.text
+        path = base / "report" / "spy.json"
+        deadline = time.monotonic() + 60
+        while not path.exists():
+            assert launcher.proc.poll() is None and time.monotonic() < deadline, "no report"
+            time.sleep(0.05)
+        report = json.loads(path.read_text())
+    finally:
+        launcher.stop()
+    assert launcher.proc.returncode == 0
+    assert answer.json()["warm"] is True and report["session_id"] == answer.json()["id"]
+    assert (report["uid"], report["gid"], report["groups"]) == (NOBODY, NOBODY, [])
+    assert report["env"]["API_KEY"] == "sk-own-0042"
+    routes: dict[str, str] = report["routes"]
+    assert len(routes) == 7 and set(routes.values()) == {"denied"}, routes
+    assert "sk-not-yours-0099" not in json.dumps(report)
+    assert key_file.read_bytes().decode() not in json.dumps(report)
+
+
+def test_user_naming_the_launchers_own_user_changes_nothing(base: Path) -> None:
+    """AGENT_RUN_USER naming the (non-root) launcher's own uid: nothing to drop, the worker
+    runs as that user (the image's AGENT_RUN_USER=agent under `docker run --user 10001`)."""
+    os.chown(base, NOBODY, NOBODY)
+    env = _env(base, AGENT_RUN_USER=str(NOBODY))
+    _cli(base, env, "secrets", "set", "prod", "API_KEY=sk-own-0042", nobody=True)
+    report = _spy_report(base, env, "--secrets", "prod", nobody=True)
+    assert report["uid"] == NOBODY and report["env"]["API_KEY"] == "sk-own-0042"  # type: ignore[index]

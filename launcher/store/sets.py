@@ -292,6 +292,12 @@ class Store:
         uid = os.geteuid()
         if owner == uid:
             return message
+        if uid == 0:  # root without CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH (dropped capabilities)
+            return (
+                f"{message} (agent-run runs as root without the capability to read files of "
+                f"others, and {existing} belongs to uid {owner}: add it, e.g. `docker run "
+                "--cap-add DAC_READ_SEARCH`, or give the store to root; keep its modes 0700/0600)"
+            )
         return (
             f"{message} (agent-run runs as uid {uid}, {existing} belongs to uid {owner}: run "
             f"as that user, e.g. `docker run --user {owner}`, or give the store to uid {uid}; "

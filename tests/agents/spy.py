@@ -3,6 +3,7 @@
 Writes `<SPY_REPORT>` (JSON): for each path in SPY_TRY (os.pathsep-separated) and the
 launcher's /proc entries, "denied" or what it could read; its uid, gid and groups; its
 environment. Sends READY=1 on NOTIFY_SOCKET when there is one, then waits to be stopped.
+`session_spy.py` reports the same from a session.
 """
 
 import json
@@ -35,36 +36,55 @@ def attempt(path: str) -> str:
         return f"error:{error.errno}"
 
 
-launcher = os.getppid()
-routes = [f"/proc/{launcher}/environ", f"/proc/{launcher}/mem"]
-routes += [p for p in os.environ.get("SPY_TRY", "").split(os.pathsep) if p]
-report = {
-    "uid": os.getuid(),
-    "gid": os.getgid(),
-    "groups": os.getgroups(),
-    "env": dict(os.environ),
-    "routes": {route: attempt(route) for route in routes},
-    # Its terminal, when the launcher relays through a pty: whose it is.
-    "tty_owner": os.fstat(1).st_uid if os.isatty(1) else None,
-}
-files = os.environ.get("AGENT_RUN_FILES")
-if files:
-    report["files"] = {
-        name: [attempt(os.path.join(files, name)), os.stat(os.path.join(files, name)).st_uid]
-        for name in os.listdir(files)
+def report() -> dict:
+    """What this process is, has, and got of every route (the launcher is its parent)."""
+    launcher = os.getppid()
+    routes = [f"/proc/{launcher}/environ", f"/proc/{launcher}/mem"]
+    routes += [p for p in os.environ.get("SPY_TRY", "").split(os.pathsep) if p]
+    found = {
+        "uid": os.getuid(),
+        "gid": os.getgid(),
+        "groups": os.getgroups(),
+        "env": dict(os.environ),
+        "routes": {route: attempt(route) for route in routes},
+        # Its terminal, when the launcher relays through a pty: whose it is.
+        "tty_owner": os.fstat(1).st_uid if os.isatty(1) else None,
     }
-notify = os.environ.get("NOTIFY_SOCKET")
-if notify:
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.sendto(b"READY=1", notify)
-        report["notified"] = True
-    except OSError as error:
-        report["notified"] = str(error)
-target = os.environ["SPY_REPORT"]
-with open(target + ".tmp", "w") as stream:
-    json.dump(report, stream)
-os.rename(target + ".tmp", target)
-signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-while True:
-    signal.pause()
+    files = os.environ.get("AGENT_RUN_FILES")
+    if files:
+        found["files"] = {
+            name: [attempt(os.path.join(files, name)), os.stat(os.path.join(files, name)).st_uid]
+            for name in os.listdir(files)
+        }
+        # Something of its own in its private directory, which must go with it too.
+        os.makedirs(os.path.join(files, "made-by-agent"), exist_ok=True)
+        with open(os.path.join(files, "made-by-agent", "notes"), "w") as stream:
+            stream.write("scratch")
+    return found
+
+
+def write(found: dict) -> None:
+    target = os.environ["SPY_REPORT"]
+    with open(target + ".tmp", "w") as stream:
+        json.dump(found, stream)
+    os.rename(target + ".tmp", target)
+
+
+def main() -> None:
+    found = report()
+    notify = os.environ.get("NOTIFY_SOCKET")
+    if notify:
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                sock.sendto(b"READY=1", notify)
+            found["notified"] = True
+        except OSError as error:
+            found["notified"] = str(error)
+    write(found)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    while True:
+        signal.pause()
+
+
+if __name__ == "__main__":
+    main()
