@@ -14,8 +14,8 @@ All against sample_agents/session_bot.py (its "model load" takes SESSION_BOT_LOA
 - websocket call setup (--calls, needs pipecat-ai[websocket,runner]): a caller connects to
   WS /ws of bench/call_bot.py, whose bot() sends its entry time on the socket; connect ->
   bot() running, and connect -> first message (TCP, handshake and the bot's first message),
-  warm (--idle 4, paced), beside Pipecat's own runner (`python call_bot.py -t exotel`)
-  serving the same bot in the same run.
+  warm (--idle 4, each call once the pool is full again), beside Pipecat's own runner
+  (`python call_bot.py -t exotel`) serving the same bot in the same run.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -187,13 +188,40 @@ def wait_port(port: int, deadline_s: float = 120.0) -> None:
             time.sleep(0.05)
 
 
-def call_setups(port: int, count: int, pace: float) -> tuple[list[float], list[float]]:
+class Pool:
+    """The launcher's JSON events, to tell when its warm pool is full again."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.ready = 0  # warm processes that finished importing the bot
+        self.taken = 0  # ... and were handed a call since
+        self.changed = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            event = json.loads(line).get("event") if line.startswith("{") else None
+            with self.changed:
+                self.ready += event == "worker_ready"
+                self.taken += event == "session_started"
+                self.changed.notify_all()
+
+    def wait_full(self, idle: int, deadline_s: float = 300.0) -> None:
+        with self.changed:
+            full = self.changed.wait_for(lambda: self.ready - self.taken >= idle, deadline_s)
+        assert full, f"the pool never had {idle} warm processes again"
+
+
+def call_setups(
+    port: int, count: int, before_each: Callable[[], None]
+) -> tuple[list[float], list[float]]:
     """(connect -> bot() running, connect -> bot's first message) in ms, `count` calls."""
     from websockets.sync.client import connect
 
     entered, first = [], []
     for _ in range(count):
-        time.sleep(pace)  # a warm process is waiting again (agent-run), as between real calls
+        before_each()
         wall, start = time.time(), time.perf_counter()
         with connect(f"ws://127.0.0.1:{port}/ws", open_timeout=60) as ws:
             message = json.loads(ws.recv(timeout=60))
@@ -221,12 +249,12 @@ def call_setup(env: dict[str, str], count: int) -> None:
     )
     try:
         wait_port(port)
-        call_setups(port, 5, 0.05)  # its first call imports the transport modules
-        results["pipecat"] = call_setups(port, count, 0.1)
+        call_setups(port, 5, lambda: None)  # its first call imports the transport modules
+        results["pipecat"] = call_setups(port, count, lambda: time.sleep(0.05))
     finally:
         pipecat.terminate()
         pipecat.wait(timeout=30)
-    port = free_port()
+    port, idle = free_port(), 4
     agent_run = subprocess.Popen(
         [
             sys.executable,
@@ -235,24 +263,32 @@ def call_setup(env: dict[str, str], count: int) -> None:
             "--listen",
             f"127.0.0.1:{port}",
             "--idle",
-            "4",
+            str(idle),
             "--no-watch",
+            "--log-format",
+            "json",
             "--name",
             "bench-calls",
             str(CALL_BOT),
         ],
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
         cwd=ROOT,
     )
     try:
-        wait_port(port)
-        time.sleep(8.0)  # four processes importing Pipecat on two cores
-        results["agent-run"] = call_setups(port, count, 1.0)
+        pool = Pool(agent_run)
+        # Warm: each call finds the pool full, as between calls in production. The ended
+        # call's replacement imports Pipecat (seconds of CPU); measured during that import,
+        # a setup would time the machine's load, not the handover.
+        results["agent-run"] = call_setups(port, count, lambda: pool.wait_full(idle))
     finally:
         agent_run.terminate()
         agent_run.wait(timeout=60)
+    print(
+        f"ws call setup: load average {os.getloadavg()[0]:.1f} at the end, {os.cpu_count()} cores"
+    )
     for name, label in (("pipecat", "Pipecat's runner"), ("agent-run", "agent-run, warm")):
         entered, first = results[name]
         print(f"ws call setup, {label:17} connect -> bot():       {summary(entered)}")

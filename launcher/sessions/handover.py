@@ -142,7 +142,7 @@ def protocol_class(runtime: SessionRuntime) -> type[asyncio.Protocol]:
                 return
             connection = self.transport.get_extra_info("socket")
             try:
-                await runtime.start(
+                session = await runtime.start(
                     body,
                     session_id=headers.get("x-daily-session-id") or None,
                     kind="websocket",
@@ -153,10 +153,15 @@ def protocol_class(runtime: SessionRuntime) -> type[asyncio.Protocol]:
             except Refused as refused:
                 self.respond(refused)
                 return
+            else:
+                # The session process holds the connection now: only our descriptor closes.
+                self.transport.abort()
+                # The replacement is forked once the call's handshake is done: its start
+                # (Python, then the bot's imports: seconds of CPU) would otherwise compete
+                # with the call's setup for the same cores.
+                await session.process.call_set_up(runtime.config.ready_timeout)
             finally:
                 await runtime.after_start()
-            # The session process holds the connection now: only our descriptor closes.
-            self.transport.abort()
 
     return Handover
 

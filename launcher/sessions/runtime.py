@@ -18,6 +18,7 @@ The channel carries one line per message:
     child  -> launcher   readyz {"ready": ...}
     launcher -> child    {"session_id": ..., "kind": ..., "body": ...}   (+ a socket, SCM_RIGHTS)
     child  -> launcher   started                    the entrypoint is being called
+    child  -> launcher   called                     (websocket) handshake done, bot() called
 
 `kind` is "plain" (POST /sessions), "daily" (a room is known: `room_url`, `token`) or
 "websocket": the launcher read the request head of `WS /ws`, admitted the call and passed the
@@ -275,10 +276,15 @@ async def _call(entry: Callable[..., Any], arguments: Any) -> None:
 
 
 async def _serve_websocket(
-    entry: Callable[..., Any], connection: socket.socket, head: bytes, build: Callable[[Any], Any]
+    entry: Callable[..., Any],
+    connection: socket.socket,
+    head: bytes,
+    build: Callable[[Any], Any],
+    called: Callable[[], None],
 ) -> None:
     """Complete the handshake on the handed-over connection and run the entrypoint with a
-    Starlette `WebSocket`, accepted as Pipecat's runner and Pipecat Cloud's image accept it."""
+    Starlette `WebSocket`, accepted as Pipecat's runner and Pipecat Cloud's image accept it.
+    `called()` tells the launcher the bot is running (it then starts the replacement)."""
     import asyncio
 
     from starlette.websockets import WebSocket, WebSocketState
@@ -292,6 +298,7 @@ async def _serve_websocket(
         await websocket.accept()
         task = asyncio.ensure_future(_call(entry, build(websocket)))
         bot_task.append(task)
+        called()
         error: BaseException | None = None
         try:
             await task
@@ -464,9 +471,13 @@ def main(argv: list[str]) -> int:
         head = request["head"].encode("latin-1")
         bound = connection
 
+        def tell_called() -> None:
+            with contextlib.suppress(OSError):  # a launcher gone is no reason to drop a call
+                channel.send(b"called")
+
         def session() -> Any:
             return _serve_websocket(
-                entry, bound, head, lambda websocket: types.build(request, websocket)
+                entry, bound, head, lambda websocket: types.build(request, websocket), tell_called
             )
 
         arguments = None

@@ -42,6 +42,7 @@ class WarmProcess:
         self.version = worker.version
         self.ready = anyio.Event()  # the agent is imported
         self.started = anyio.Event()  # the entrypoint is being called
+        self.called = anyio.Event()  # a handed-over call's handshake is done, bot() called
         self.closed = anyio.Event()  # the channel reached EOF (the process is exiting)
         self.spawned_at = time.monotonic()
         self.session: Any = None  # set by the session table when it takes this process
@@ -82,6 +83,8 @@ class WarmProcess:
                         self.on_ready()
                     elif kind == b"started":
                         self.started.set()
+                    elif kind == b"called":
+                        self.called.set()
                     elif kind == b"readyz":
                         self.readyz_answer = rest
                         self.readyz_answered.set()
@@ -96,6 +99,21 @@ class WarmProcess:
             # reuses (a later session's channel then looked closed).
             if self.channel.fileno() >= 0:
                 self.channel.close()
+
+    async def call_set_up(self, timeout: float) -> None:
+        """Until a handed-over call runs its bot (or the process is gone, or `timeout`)."""
+        import anyio
+
+        with anyio.move_on_after(timeout):
+            async with anyio.create_task_group() as tg:
+
+                async def closed() -> None:
+                    await self.closed.wait()
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(closed)
+                await self.called.wait()
+                tg.cancel_scope.cancel()
 
     async def send(self, data: bytes, fds: tuple[int, ...] = ()) -> None:
         """Write `data`; `fds` travel with its first byte (SCM_RIGHTS), so the process
