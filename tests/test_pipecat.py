@@ -1,9 +1,12 @@
 """Unchanged Pipecat bots under agent-run, with the real `pipecat-ai` package (SPEC §5).
 
-Telephony callers (Twilio's and Exotel's media-stream messages) connect to `WS /ws` on
-127.0.0.1; the launcher hands the connection to a warm session process, where Pipecat's
-`create_transport()` builds a `FastAPIWebsocketTransport` and the bot echoes the audio back.
-Daily-shaped starts (`POST /start`, `POST /bot`) meet a stand-in for Daily's REST API.
+The three shapes of Pipecat bots, each unchanged: telephony callers (Twilio's and Exotel's
+media-stream messages) connect to `WS /ws` on 127.0.0.1 and the launcher hands the
+connection to a warm session process, where either Pipecat's `create_transport()`
+(pipecat_echo.py) or the bot itself (pipecat_twilio.py, as Pipecat's twilio-chatbot example)
+builds a `FastAPIWebsocketTransport` and echoes the audio back; a Daily bot
+(pipecat_args.py) is started by `POST /start` or `POST /bot` against a stand-in for Daily's
+REST API.
 """
 
 from __future__ import annotations
@@ -181,13 +184,16 @@ def test_calls_echoed_each_in_its_own_process_with_the_current_secrets(
 
 
 def test_call_in_progress_survives_term(pipecat: Callable[..., Runtime], cli: CLI) -> None:
-    """After TERM the launcher takes no new call (503 before any handshake) while a call in
-    progress keeps its audio flowing until it hangs up; then the launcher exits 0."""
+    """A bot that builds its FastAPIWebsocketTransport on runner_args.websocket itself echoes
+    a Twilio call; after TERM the launcher takes no new call (503 before any handshake) while
+    the call in progress keeps its audio flowing until it hangs up; then it exits 0."""
     twilio = ("TWILIO_ACCOUNT_SID=AC0", "TWILIO_AUTH_TOKEN=auth-0")
     assert cli("secrets", "set", "demo", "DEMO_API_KEY=v", *twilio).returncode == 0
-    runtime = pipecat("pipecat_echo.py")
+    runtime = pipecat("pipecat_twilio.py")
     call = runtime.call("twilio", "CA-term", "term-call")
     assert call.echo(mulaw_audio(8, 1), FRAME) == mulaw_audio(8, 1)
+    report = runtime.report("term-call")
+    assert (report["transport_type"], report["call_id"]) == ("twilio", "CA-term")
     runtime.launcher.signal(signal.SIGTERM)
     runtime.launcher.wait_event("sessions_draining", timeout=DEADLINE)
     with pytest.raises(Exception, match="503"):
