@@ -42,6 +42,23 @@ class Target(NamedTuple):
     def is_python(self) -> bool:
         return self.kind is not TargetKind.COMMAND
 
+    def interpreted(self) -> tuple[str, Target] | None:
+        """`-- /venv/bin/python bot.py ARGS` (or `-m MODULE ARGS`): (that interpreter, the
+        script or module target), so session mode can run a bot on its own venv's Python."""
+        if self.kind is not TargetKind.COMMAND or len(self.args) < 1:
+            return None
+        name = self.value.rpartition("/")[2]  # python, python3, python3.12 (no `re`: start-up)
+        if name not in ("python", "python3") and not (
+            name.startswith("python3.") and name[8:].isdigit()
+        ):
+            return None
+        first, rest = self.args[0], self.args[1:]
+        if first == "-m" and rest:
+            return self.value, Target(TargetKind.MODULE, rest[0], rest[1:])
+        if first.endswith(".py"):
+            return self.value, Target(TargetKind.SCRIPT, first, rest)
+        return None
+
     def argv(self, python: str = sys.executable) -> list[str]:
         """The command line of one worker."""
         if self.kind is TargetKind.SCRIPT:

@@ -422,3 +422,20 @@ def test_updates_racing_the_watch_never_fail_a_session(
         assert answer.status_code == 201, answer.text
         report = server.file(f"{answer.json()['id']}.json")
         assert report["key_sha256"] == sha(value), round_
+
+
+def test_sessions_run_on_the_bots_own_interpreter(
+    serve: Callable[..., Server], tmp_path: Path
+) -> None:
+    """`agent-run -- VENV/bin/python bot.py`: session mode, its processes on that venv's
+    Python, where agent-run is not installed (the session runtime needs only the stdlib)."""
+    import subprocess
+    import sys
+
+    venv = tmp_path / "bot-venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    server = serve("--", str(venv / "bin" / "python"), target=str(AGENT))
+    session = server.file(f"{server.started({'n': 1})['id']}.json")
+    assert Path(session["prefix"]) == venv and session["body"] == {"n": 1}
+    assert session["agent_run_importable"] is False
+    assert "session mode" in server.launcher.output()

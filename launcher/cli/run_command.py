@@ -785,7 +785,7 @@ def build_plan(config: RunConfig) -> Any:
         config.secret_set,
         key_file=config.key_file,
         extras=extras,
-        python_target=config.target.is_python,
+        python_target=config.target.is_python or config.target.interpreted() is not None,
         # The key the launcher took out of its environment (launcher/privilege.py) is still
         # where the keyring looks; compose() keeps it from every worker (PRIVATE_VARIABLES).
         environ=key_environ(),
@@ -856,7 +856,12 @@ def main(argv: list[str]) -> int:
 
         set_worker_user(parse_user(config.user))
     entry = None
-    if config.target.is_python or config.entrypoint or config.mode == "session":
+    if (
+        config.target.is_python
+        or config.entrypoint
+        or config.mode == "session"
+        or config.target.interpreted() is not None
+    ):
         from launcher.sessions.entrypoint import find_entrypoint
 
         entry = find_entrypoint(config.target, config.entrypoint, config.mode)
@@ -867,7 +872,7 @@ def main(argv: list[str]) -> int:
         if config.mode == "auto" and config.entrypoint is None:
             # The switch changes what the target is, so it is said, with the way out.
             sys.stderr.write(
-                f"agent-run: session mode: {config.target.value} defines async def "
+                f"agent-run: session mode: {entry.target} defines async def "
                 f"bot(runner_args); serving sessions on {config.listen} "
                 "(--mode worker runs it as a plain script)\n"
             )

@@ -42,6 +42,10 @@ class Entrypoint(NamedTuple):
     kind: str  # "script" (a file path) or "module" (a dotted name)
     target: str
     function: str
+    # `-- /venv/bin/python bot.py ARGS`: the bot's own interpreter and its arguments (the
+    # session processes need only the standard library of ours: runtime.py runs by path).
+    python: str | None = None  # None: agent-run's interpreter
+    args: tuple[str, ...] | None = None  # None: the target's
 
     def __str__(self) -> str:
         return f"{self.target}:{self.function}"
@@ -146,6 +150,11 @@ def find_entrypoint(target: Target, option: str | None, mode: str = "auto") -> E
     `--mode`: `auto` (Pipecat's `async def bot(runner_args)` means sessions), `worker` or
     `session` (then `bot` may be any module-level function).
     """
+    interpreted = target.interpreted()
+    if interpreted is not None:
+        python, inner = interpreted
+        entry = find_entrypoint(inner, option, mode)
+        return entry._replace(python=python, args=inner.args) if entry is not None else None
     if mode == "worker":
         if option is not None:
             raise UsageError(

@@ -177,12 +177,12 @@ class WarmProcessFactory:
     def _argv(self) -> list[str]:
         entry = self.entry
         return runtime_command(
-            sys.executable,
+            entry.python or sys.executable,
             entry.kind,
             entry.target,
             entry.function,
             int(self.config.stop_signal),
-            list(self.config.target.args),
+            list(entry.args if entry.args is not None else self.config.target.args),
         )
 
     def spawn(

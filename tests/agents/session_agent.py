@@ -11,6 +11,7 @@ The request body steers a session: {"seconds": S} runs S seconds, {"fail": true}
 
 import asyncio
 import hashlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -44,6 +45,8 @@ def report(runner_args, kind):
         "channel_variable": os.environ.get("AGENT_RUN_SESSION_FD"),
         "handle_sigint": runner_args.handle_sigint,
         "api_token_in_env": "AGENT_RUN_API_TOKEN" in os.environ,
+        "prefix": sys.prefix,
+        "agent_run_importable": importlib.util.find_spec("launcher") is not None,
     }
     body = runner_args.body if isinstance(runner_args.body, dict) else {}
     if body.get("child"):
