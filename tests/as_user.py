@@ -2,9 +2,11 @@
 
 The tests that use it run as root (they create files owned by uid 65534, `nobody`, and
 run `agent-run` under that uid); elsewhere they are skipped with the reason (conftest.py's
-`shared_dir` fixture). The switch is a `preexec_fn` (setgroups, setgid, setuid) or, where
-the interpreter lies in a directory only root may enter (a pyenv under /root), util-linux's
-`setpriv`, which some sandboxes let through; whichever can start Python is used.
+`shared_dir` fixture). The switch is subprocess's own (`as_uid`: setgroups, setgid, setuid)
+or, where the interpreter lies in a directory only root may enter (a pyenv under /root),
+util-linux's `setpriv`, which some sandboxes let through; whichever can start Python is used.
+A launcher's `--user` workers switch as `as_uid` does, so tests whose workers run Python
+find one with `interpreter_for`.
 """
 
 from __future__ import annotations
@@ -13,19 +15,47 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 NOBODY = 65534
 
 
-def preexec_as(uid: int) -> Callable[[], None]:
-    def become() -> None:
-        os.setgroups([])
-        os.setgid(uid)
-        os.setuid(uid)
+def as_uid(uid: int) -> dict[str, Any]:
+    """subprocess keyword arguments that start the child as uid:uid without supplementary
+    groups: what `agent-run --user` does to its workers (setgroups, setgid, setuid)."""
+    return {"user": uid, "group": uid, "extra_groups": []}
 
-    return become
+
+_INTERPRETERS: dict[int, tuple[str, str] | None] = {}
+
+
+def interpreter_for(uid: int) -> tuple[str, str] | None:
+    """A Python that a process switched to `uid` (`as_uid`, or a launcher's `--user`
+    worker) can exec, and the PYTHONPATH giving it this checkout and its dependencies (the
+    test's own interpreter may live under root's 0700 home); None when there is none."""
+    if uid not in _INTERPRETERS:
+        import sysconfig
+
+        path = os.pathsep.join(
+            [str(Path(__file__).parent.parent), sysconfig.get_paths()["purelib"]]
+        )
+        _INTERPRETERS[uid] = None
+        for candidate in (sys.executable, shutil.which("python3"), "/usr/bin/python3"):
+            if candidate is None:
+                continue
+            try:
+                probe = subprocess.run(
+                    [candidate, "-c", "import cryptography, launcher"],
+                    env={"PYTHONPATH": path}, capture_output=True, timeout=60, **as_uid(uid),
+                )  # fmt: skip
+            except PermissionError:
+                continue
+            if probe.returncode == 0:
+                _INTERPRETERS[uid] = (candidate, path)
+                break
+    return _INTERPRETERS[uid]
 
 
 def _setpriv(uid: int) -> list[str]:
@@ -37,7 +67,7 @@ _RUNNER: list[str] = []  # [] until probed; then ["preexec"] or the setpriv pref
 
 def _run(argv: list[str], uid: int, **kwargs: object) -> subprocess.CompletedProcess[str]:
     if _RUNNER == ["preexec"]:
-        return subprocess.run(argv, preexec_fn=preexec_as(uid), **kwargs)  # type: ignore[call-overload, no-any-return]
+        return subprocess.run(argv, **as_uid(uid), **kwargs)  # type: ignore[call-overload, no-any-return]
     return subprocess.run(_RUNNER + argv, **kwargs)  # type: ignore[call-overload, no-any-return]
 
 

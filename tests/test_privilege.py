@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -21,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from .as_user import NOBODY, as_uid, interpreter_for
 from .conftest import Launcher
 
 AGENTS = Path(__file__).parent / "agents"
 SPY = AGENTS / "spy.py"
-NOBODY = 65534
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
 
@@ -50,45 +49,21 @@ def _env(base: Path, **extra: str) -> dict[str, str]:
         "TMPDIR": str(base),
     }
     _interpreter()
-    assert PYTHON is not None
-    env["PYTHONPATH"] = PYTHON[1]
+    env["PYTHONPATH"] = interpreter_for(NOBODY)[1]  # type: ignore[index]
     env.update(extra)
     return env
 
 
-def _python() -> tuple[str, str]:
-    """A Python that an unprivileged user can run, and the PYTHONPATH that gives it this
-    package and its dependencies (the test's own may live under root's 0700 home)."""
-    import sysconfig
-
-    path = os.pathsep.join([str(Path(__file__).parent.parent), sysconfig.get_paths()["purelib"]])
-    for candidate in (sys.executable, shutil.which("python3"), "/usr/bin/python3"):
-        if candidate is None:
-            continue
-        try:
-            probe = subprocess.run(
-                [candidate, "-c", "import cryptography, launcher"],
-                env={"PYTHONPATH": path}, capture_output=True, timeout=60, **_as_nobody(),  # type: ignore[arg-type]
-            )  # fmt: skip
-        except PermissionError:
-            continue
-        if probe.returncode == 0:
-            return candidate, path
-    pytest.skip("no Python this package runs on is executable by an unprivileged user")
-
-
-PYTHON: tuple[str, str] | None = None
-
-
 def _interpreter() -> str:
-    global PYTHON
-    if PYTHON is None:
-        PYTHON = _python()
-    return PYTHON[0]
+    """A Python the unprivileged workers (uid NOBODY) can run; skip when there is none."""
+    found = interpreter_for(NOBODY)
+    if found is None:
+        pytest.skip("no Python this package runs on is executable by an unprivileged user")
+    return found[0]
 
 
 def _as_nobody() -> dict[str, object]:
-    return {"user": NOBODY, "group": NOBODY, "extra_groups": []}
+    return as_uid(NOBODY)
 
 
 def _cli(base: Path, env: dict[str, str], *args: str, nobody: bool = False) -> None:
