@@ -120,3 +120,5 @@ class RunConfig(NamedTuple):
     mode: str = "auto"  # auto | worker | session (--mode)
     max_session_seconds: float | None = None
     insecure_no_auth: bool = False
+    # Python targets: auto | none | MOD,MOD (--preload): the template interpreter (#18).
+    preload: str = "auto"

@@ -48,10 +48,22 @@ def run(plan: Plan) -> int:
         inherit_stdin=config.workers == 1,
         log_pattern=spec.target if spec.kind == "log" else None,
     )
+    template = None
+    if config.target.is_python and config.preload != "none":
+        # Only for agents with dependencies worth sharing (launcher/process/template.py):
+        # the first workers then fork from it too, their imports shared copy-on-write.
+        from launcher.process.template import for_target
+
+        template = for_target(config, plan.layers, session=False)
+        if template is not None and template.start():
+            template.wait_ready(config.ready_timeout)
+            factory.launch = template.launch
     try:
         early = [factory.spawn(index, plan.layers) for index in range(config.workers)]
     except OSError as error:
         notify.close()
+        if template is not None:
+            template.close()
         from launcher.errors import OperationFailed
 
         raise OperationFailed(f"cannot start {config.target.argv()[0]}: {error.strerror}") from None
@@ -67,9 +79,11 @@ def run(plan: Plan) -> int:
     import anyio
 
     try:
-        return anyio.run(_main, plan, spec, factory, early, notify, masker, health_socket)
+        return anyio.run(_main, plan, spec, factory, early, notify, masker, health_socket, template)
     finally:
         notify.close()
+        if template is not None:
+            template.close()
 
 
 async def _main(
@@ -80,6 +94,7 @@ async def _main(
     notify: NotifySocket,
     masker: Masker | None,
     health_socket: Any,
+    template: Any,
 ) -> int:
     from launcher import host
     from launcher.ops import logs
@@ -89,21 +104,25 @@ async def _main(
     config = plan.config
     log = logs.configure(config.log_format, masker or Masker(()))
     log("containment", mode=containment().mode, detail=containment().detail)
+    if template is not None:
+        log("template", pid=template.pid, modules=",".join(template.modules), forks=template.forks)
+        template.attach_log(log)
     engine = Engine(config, plan.layers, spec, factory, log)
     for index, worker in enumerate(early):
         engine.adopt(worker, index)
         log("worker_started", slot=index, pid=worker.pid, version=worker.version, port=worker.port)
-    mode = WorkerMode(plan, engine, masker)
+    mode = WorkerMode(plan, engine, masker, template)
     return await host.run(plan, mode, log, health_socket=health_socket, notify=notify)
 
 
 class WorkerMode:
     """Worker mode on the host: the engine's slots are the workers; a reload is a rollout."""
 
-    def __init__(self, plan: Plan, engine: Any, masker: Masker | None) -> None:
+    def __init__(self, plan: Plan, engine: Any, masker: Masker | None, template: Any) -> None:
         self.plan = plan
         self.engine = engine
         self.masker = masker
+        self.template = template
 
     def load(self) -> EnvironmentLayers:
         layers, values = self.plan.reload()
@@ -135,6 +154,8 @@ class WorkerMode:
         self.engine.request("store changed")
 
     def code_changed(self) -> None:
+        if self.template is not None:
+            self.template.renew()  # a dependency may have changed too
         self.engine.request("code changed")
 
     def shutting_down(self) -> None:

@@ -55,6 +55,7 @@ OTHER_VARIABLES = frozenset(
         "AGENT_RUN_CONTAINMENT",
         "AGENT_RUN_FILES",
         "AGENT_RUN_API_TOKEN",  # a key of the bound set (session API token), not a variable
+        "AGENT_RUN_TEMPLATE_FD",
     }
 )
 KEY_SEARCH_ORDER = (
@@ -89,6 +90,13 @@ def _mode(text: str) -> str:
     if mode not in MODES:
         raise ValueError(text)
     return mode
+
+
+def _preload(text: str) -> str:
+    from launcher.process.preload import parse
+
+    value = parse(text)
+    return value if isinstance(value, str) else ",".join(value)
 
 
 def _seconds(text: str) -> float:
@@ -355,6 +363,17 @@ OPTIONS: tuple[Option, ...] = (
         False,
         "session mode: serve a non-loopback --listen without the bearer token "
         "(AGENT_RUN_API_TOKEN in the bound set); anyone who reaches the port starts sessions",
+    ),
+    Option(
+        "--preload",
+        "preload",
+        _preload,
+        "auto",
+        "Python targets: fork processes from a template interpreter that has imported these "
+        "modules (MOD,MOD...) without any secret; auto: the agent's top-level imports (worker "
+        "mode: only when one is not in the standard library); none: every process is a fresh "
+        "interpreter",
+        "MODULES",
     ),
     Option(
         "--entrypoint",

@@ -46,6 +46,7 @@ __all__ = [
     "exited_children",
     "fork_exec",
     "instance_mark",
+    "marked_environment",
     "set_worker_user",
     "spawn",
     "spawn_hooks",
@@ -91,6 +92,15 @@ def instance_mark() -> str:
     if _instance is None:
         _instance = f"{os.getpid()}.{os.urandom(6).hex()}"
     return _instance
+
+
+def marked_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` with this launcher's mark added (a launcher run by another keeps the outer mark
+    too: the outer one's guardian must still find our workers' descendants)."""
+    environment = dict(env)
+    mark, outer = instance_mark(), environment.get(INSTANCE_VARIABLE)
+    environment[INSTANCE_VARIABLE] = f"{outer} {mark}" if outer and mark not in outer else mark
+    return environment
 
 
 # (uid, gid) every worker runs as (--user), or None: the launcher's own user.
@@ -281,11 +291,7 @@ def fork_exec(
     """
     prctl = _prctl()  # libc is loaded in the parent: the child imports nothing
     path = _executable(argv[0], env)
-    environment = dict(env)
-    mark, outer = instance_mark(), environment.get(INSTANCE_VARIABLE)
-    # A launcher run by another keeps the outer mark too: the outer one's guardian must
-    # still find our workers' descendants.
-    environment[INSTANCE_VARIABLE] = f"{outer} {mark}" if outer and mark not in outer else mark
+    environment = marked_environment(env)
     close = _inherited_fds(pass_fds)
     parent = os.getpid()
     user = _worker_user
@@ -405,6 +411,7 @@ def spawn(
     files: Mapping[str, bytes] | None = None,
     file_variables: Sequence[str] = (),
     watch: Callable[[bytes], None] | None = None,
+    launch: Callable[..., int] = fork_exec,
 ) -> Worker:
     """Start one worker. With a masker, its output is relayed masked; without, it is inherited.
 
@@ -416,6 +423,8 @@ def spawn(
     its environment; the caller removes it with `Worker.remove_private_files()` once the
     process is reaped. Each of `file_variables` (a file secret) is set to its file's path.
     `watch` sees each relayed chunk of output before masking (in the relay thread).
+    `launch` starts the process (`fork_exec`'s signature: a template's, launcher/process/
+    template.py, forks it warm).
     """
     private_dir = None
     if files:
@@ -454,7 +463,7 @@ def spawn(
     if not inherit_stdin:
         child_fds.append(stdin)
     try:
-        pid = fork_exec(
+        pid = launch(
             argv,
             env,
             stdin=stdin,
@@ -510,6 +519,8 @@ class WorkerFactory:
         self.use_pty = use_pty
         self.inherit_stdin = inherit_stdin
         self.log_pattern = log_pattern
+        # How a process is started: fork_exec, or a template's warm fork (#18).
+        self.launch: Callable[..., int] = fork_exec
         # Called from a relay thread when a worker printed that its port was taken.
         self.on_port_collision: Callable[[Worker, int], None] = lambda worker, port: None
 
@@ -541,6 +552,7 @@ class WorkerFactory:
             files=layers.files,
             file_variables=layers.file_variables,
             watch=self._collision_watch(holder),
+            launch=self.launch,
         )
         worker.port = port
         holder.append(worker)

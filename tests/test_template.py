@@ -1,0 +1,263 @@
+"""Warm starts (#18): processes forked from a secret-free template interpreter.
+
+Each observable of a forked process is compared with a fresh interpreter's under the same
+launcher options (`--preload none`); the template is recognised by a module it preloaded
+(`colorsys`, which the observer agent never imports).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from launcher.config import Target, TargetKind
+from launcher.process import preload
+from launcher.process.template import merge_environment
+
+from .conftest import AGENTS, CLI, Launcher, alive, read_reports, wait_gone
+
+OBSERVER = AGENTS / "observer.py"
+DEADLINE = 60.0
+# Differ between any two processes, template or not.
+PER_PROCESS = ("pid", "ppid", "pgid", "preloaded", "version", "ttyname")
+
+
+def _wait_reports(directory: Path, count: int, timeout: float = DEADLINE) -> dict[int, dict]:  # type: ignore[type-arg]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        reports = read_reports(directory)
+        if len(reports) >= count:
+            return reports
+        time.sleep(0.02)
+    raise AssertionError(f"only {len(read_reports(directory))} of {count} reports")
+
+
+def _observe(
+    launch: Callable[..., Launcher], directory: Path, preload_option: str, *target: str
+) -> dict:  # type: ignore[type-arg]
+    for old in directory.glob("*.json"):
+        old.unlink()
+    launcher = launch("--preload", preload_option, "--restart", "never", *target)
+    report = next(iter(_wait_reports(directory, 1).values()))
+    assert report["ppid"] == launcher.proc.pid  # the launcher's own child, either way
+    assert report["pgid"] == report["pid"]  # in its own process group
+    launcher.stop()
+    return report
+
+
+def _same(fresh: dict, warm: dict) -> None:  # type: ignore[type-arg]
+    assert not fresh["preloaded"] and warm["preloaded"]
+    for key in PER_PROCESS:
+        fresh.pop(key, None)
+        warm.pop(key, None)
+    assert warm == fresh
+
+
+@pytest.mark.parametrize("kind", ["script", "module"])
+def test_a_forked_process_observes_what_a_fresh_interpreter_does(
+    cli: CLI, launch: Callable[..., Launcher], probe_dir: Path, kind: str
+) -> None:
+    """sys.argv, __main__, __file__, sys.path, cwd, stdio, signals and fds: as a fresh one's."""
+    shutil.copy(OBSERVER, cli.cwd / "observer.py")
+    target = ("observer.py", "one", "two") if kind == "script" else ("-m", "observer", "x")
+    fresh = _observe(launch, probe_dir, "none", *target)
+    warm = _observe(launch, probe_dir, "colorsys", *target)
+    _same(fresh, warm)
+
+
+def test_on_a_terminal_a_forked_process_has_its_pty_and_reads_the_terminal(cli: CLI) -> None:
+    """On a terminal: the pty, the foreground and stdin are a fresh interpreter's."""
+    from .test_terminal import ASK, Terminal
+
+    (cli.cwd / "ask.py").write_text(ASK)
+    shutil.copy(OBSERVER, cli.cwd / "observer.py")
+    reports = cli.cwd / "reports"
+    reports.mkdir()
+    cli.env = {**cli.env, "PROBE_DIR": str(reports), "OBSERVE_EXIT": "0"}
+    seen = []
+    for option in ("none", "colorsys"):
+        for old in reports.glob("*.json"):
+            old.unlink()
+        term = Terminal(cli, "--preload", option, "--restart", "never", "observer.py")
+        try:
+            term.expect(b"observed")
+            assert term.wait() == 0
+        finally:
+            term.close()
+        seen.append(next(iter(_wait_reports(reports, 1).values())))
+    fresh, warm = seen
+    assert fresh["ttyname"] and warm["ttyname"]  # each on a pty of its own
+    assert warm["streams"]["stdout"]["tty"] and warm["streams"]["stdin"]["tty"]
+    _same(fresh, warm)
+    term = Terminal(cli, "--preload", "colorsys", "--restart", "never", "ask.py")
+    try:
+        term.expect(b"asking")
+        term.type(b"warm\r")
+        term.expect(b"got:warm")
+        assert term.wait() == 0
+    finally:
+        term.close()
+
+
+def _template_pid(launcher: Launcher) -> int:
+    pid = launcher.wait_event("template", timeout=DEADLINE)["pid"]
+    assert isinstance(pid, int)
+    return pid
+
+
+def test_rollout_and_crash_restart_fork_from_a_template_that_never_sees_a_secret(
+    cli: CLI, launch: Callable[..., Launcher], probe_dir: Path
+) -> None:
+    """Launch, rollout and crash restart all fork warm; the template's environment has no secret."""
+    cli("secrets", "set", "prod", "OBSERVED_SECRET=first-value")
+    launcher = launch(
+        "--secrets", "prod", "--workers", "2", "--preload", "colorsys", "--ready-delay", "0.2",
+        str(OBSERVER),
+    )  # fmt: skip
+    template = _template_pid(launcher)
+    first = _wait_reports(probe_dir, 2)
+    environ = Path(f"/proc/{template}/environ").read_bytes()
+    assert b"first-value" not in environ and b"OBSERVED_SECRET" not in environ
+    for report in first.values():
+        assert report["preloaded"] and report["secret"] == "first-value"
+        assert report["ppid"] == launcher.proc.pid
+    assert cli("secrets", "set", "prod", "OBSERVED_SECRET=second-value").returncode == 0
+    launcher.wait_event("rollout_succeeded", timeout=DEADLINE)
+    second = {p: r for p, r in _wait_reports(probe_dir, 4).items() if p not in first}
+    assert [r["secret"] for r in second.values()] == ["second-value"] * 2
+    assert all(r["preloaded"] and r["ppid"] == launcher.proc.pid for r in second.values())
+    assert b"second-value" not in Path(f"/proc/{template}/environ").read_bytes()
+    crashed = next(iter(second))
+    os.kill(crashed, signal.SIGKILL)
+    launcher.wait_event("worker_exited", pid=crashed, code=137, timeout=DEADLINE)
+    launcher.wait_event("worker_restarted", timeout=DEADLINE)
+    restarted = {p: r for p, r in _wait_reports(probe_dir, 5).items() if p not in first | second}
+    (report,) = restarted.values()
+    assert report["preloaded"] and report["secret"] == "second-value"
+    assert report["ppid"] == launcher.proc.pid
+
+
+def test_a_template_killed_mid_rollout_is_replaced_and_the_rollout_completes(
+    cli: CLI, launch: Callable[..., Launcher], probe_dir: Path
+) -> None:
+    """Kill the template as a rollout starts: it finishes (old way meanwhile); a new template."""
+    cli("secrets", "set", "prod", "OBSERVED_SECRET=a")
+    launcher = launch(
+        "--secrets", "prod", "--workers", "2", "--preload", "colorsys", "--ready-delay", "0.2",
+        str(OBSERVER),
+    )  # fmt: skip
+    template = _template_pid(launcher)
+    first = _wait_reports(probe_dir, 2)
+    launcher.wait_event("worker_ready", timeout=DEADLINE)
+    launcher.wait_event("worker_ready", timeout=DEADLINE)
+    os.kill(template, signal.SIGKILL)
+    launcher.wait_event("template_exited", pid=template, timeout=DEADLINE)
+    assert cli("secrets", "set", "prod", "OBSERVED_SECRET=b").returncode == 0
+    launcher.wait_event("rollout_succeeded", timeout=DEADLINE)
+    second = {p: r for p, r in _wait_reports(probe_dir, 4).items() if p not in first}
+    assert sorted(r["secret"] for r in second.values()) == ["b", "b"]
+    assert all(r["ppid"] == launcher.proc.pid for r in second.values())
+    # The next one comes from the new template, once it has imported its modules.
+    launcher.wait_event("template_ready", timeout=DEADLINE)
+    os.kill(next(iter(second)), signal.SIGKILL)
+    launcher.wait_event("worker_restarted", timeout=DEADLINE)
+    later = _wait_reports(probe_dir, 5)
+    (report,) = (r for p, r in later.items() if p not in first and p not in second)
+    assert report["preloaded"] and report["secret"] == "b"
+
+
+def test_a_killed_launcher_takes_the_template_and_every_forked_process(
+    cli: CLI, launch: Callable[..., Launcher], probe_dir: Path
+) -> None:
+    """SIGKILL to the launcher: its template and the processes forked from it die with it."""
+    launcher = launch("--workers", "2", "--preload", "colorsys", str(OBSERVER))
+    template = _template_pid(launcher)
+    workers = list(_wait_reports(probe_dir, 2))
+    assert alive(template) and all(alive(pid) for pid in workers)
+    launcher.proc.kill()
+    launcher.wait()
+    for pid in [template, *workers]:
+        wait_gone(pid)
+
+
+def test_a_preloaded_module_that_reads_a_secret_at_import_is_not_trusted_with_it(
+    cli: CLI, launch: Callable[..., Launcher], probe_dir: Path, tmp_path: Path
+) -> None:
+    """A module that read OBSERVED_SECRET at import: its process starts fresh and sees the value."""
+    library = tmp_path / "library"
+    library.mkdir()
+    (library / "reads_secret.py").write_text(
+        "import os\nVALUE = os.environ.get('OBSERVED_SECRET')\n"
+    )
+    cli("secrets", "set", "prod", "OBSERVED_SECRET=the-value")
+    launcher = launch(
+        "--secrets", "prod", "--preload", "colorsys,reads_secret", str(OBSERVER),
+        env={"PYTHONPATH": str(library)},
+    )  # fmt: skip
+    event = launcher.wait_event("template_not_used", timeout=DEADLINE)
+    assert "OBSERVED_SECRET" in str(event["reason"])
+    assert "the-value" not in launcher.output()
+    (report,) = _wait_reports(probe_dir, 1).values()
+    assert not report["preloaded"] and report["secret"] == "the-value"
+
+
+def test_exit_codes_and_tracebacks_are_a_fresh_interpreters(cli: CLI, tmp_path: Path) -> None:
+    """sys.exit(N) gives N; an uncaught exception prints the agent's frames only and gives 1."""
+    (cli.cwd / "fails.py").write_text(
+        "import sys\ndef main():\n    raise ValueError('broken ' + sys.argv[1])\nmain()\n"
+    )
+    outputs = []
+    for option in ("none", "colorsys"):
+        result = cli("--preload", option, "--restart", "never", "fails.py", "arg")
+        assert result.returncode == 1
+        outputs.append([line for line in result.stderr.splitlines() if not line.startswith("{")])
+        exited = cli(
+            "--preload", option, "--restart", "never", str(OBSERVER),
+            env={"OBSERVE_EXIT": "3", "PROBE_DIR": str(tmp_path)},
+        )  # fmt: skip
+        assert exited.returncode == 3
+    assert outputs[0] == outputs[1]
+    assert outputs[1][-1] == "ValueError: broken arg"
+
+
+def test_environment_changes_made_at_start_up_carry_over_unless_the_child_sets_its_own() -> None:
+    """A variable the template's start-up changed is changed in the child, unless overridden."""
+    launched = {"PYTHONPATH": "/boot:/lib", "KEEP": "1", "GONE": "x"}
+    current = {"PYTHONPATH": "/lib", "KEEP": "1", "ADDED": "lib-default"}
+    child = {"PYTHONPATH": "/boot:/lib", "KEEP": "1", "GONE": "x", "ADDED": "mine", "S": "s"}
+    merged = merge_environment(child, launched, current)
+    assert merged == {"PYTHONPATH": "/lib", "KEEP": "1", "ADDED": "mine", "S": "s"}
+    assert merge_environment({"GONE": "own"}, launched, current) == {"GONE": "own"}
+
+
+def test_preload_discovery_takes_dependencies_and_never_the_agents_own_modules(
+    tmp_path: Path,
+) -> None:
+    """Top-level imports of the script and of its own package; never the agent's own modules."""
+    (tmp_path / "helpers").mkdir()
+    (tmp_path / "helpers" / "__init__.py").write_text("import yaml\nfrom . import local\n")
+    (tmp_path / "bot.py").write_text(
+        "from __future__ import annotations\nimport os, json as j\nfrom helpers import x\n"
+        "from pipecat.pipeline import Pipeline\nimport helpers.sub\n"
+        "def later():\n    import lazy_dependency\n"
+    )
+    found = preload.discover(Target(TargetKind.SCRIPT, str(tmp_path / "bot.py")))
+    assert found == ["os", "json", "pipecat.pipeline", "yaml"]
+    assert preload.third_party(found) == ["pipecat.pipeline", "yaml"]
+    assert preload.parse("none") == "none" and preload.parse("a.b, c") == ("a.b", "c")
+    with pytest.raises(ValueError):
+        preload.parse("not-a-module")
+
+
+def test_the_cli_refuses_a_bad_preload_list(cli: CLI) -> None:
+    """--preload with a name that is not a module: one line on stderr, exit 2."""
+    (cli.cwd / "bot.py").write_text("print('hi')\n")
+    result = cli("--preload", "no such", "bot.py")
+    assert result.returncode == 2, result.stderr
+    assert "--preload" in result.stderr and "Traceback" not in result.stderr
