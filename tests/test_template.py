@@ -233,7 +233,10 @@ def test_environment_changes_made_at_start_up_carry_over_unless_the_child_sets_i
     child = {"PYTHONPATH": "/boot:/lib", "KEEP": "1", "GONE": "x", "ADDED": "mine", "S": "s"}
     merged = merge_environment(child, launched, current)
     assert merged == {"PYTHONPATH": "/lib", "KEEP": "1", "ADDED": "mine", "S": "s"}
-    assert merge_environment({"GONE": "own"}, launched, current) == {"GONE": "own"}
+    assert merge_environment({"GONE": "own"}, launched, current) == {
+        "GONE": "own",
+        "ADDED": "lib-default",
+    }
 
 
 def test_preload_discovery_takes_dependencies_and_never_the_agents_own_modules(
