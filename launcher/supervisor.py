@@ -49,7 +49,9 @@ def run(plan: Plan) -> int:
         log_pattern=spec.target if spec.kind == "log" else None,
     )
     template = None
-    if config.target.is_python and config.preload != "none":
+    from launcher.process.preload import modules_for
+
+    if modules_for(config, session=False) is not None:
         # Only for agents with dependencies worth sharing (launcher/process/template.py):
         # the first workers then fork from it too, their imports shared copy-on-write.
         from launcher.process.template import for_target

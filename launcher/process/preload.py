@@ -21,7 +21,7 @@ import re
 import sys
 from collections.abc import Iterable
 
-from launcher.config import Target, TargetKind
+from launcher.config import RunConfig, Target, TargetKind
 
 AUTO = "auto"
 NONE = "none"
@@ -122,3 +122,18 @@ def discover(target: Target) -> list[str]:
 def third_party(modules: Iterable[str]) -> list[str]:
     """Those of `modules` that are not part of the standard library."""
     return [m for m in modules if m.split(".")[0] not in sys.stdlib_module_names]
+
+
+def modules_for(config: RunConfig, *, session: bool) -> list[str] | None:
+    """What the template of this launch imports, or None for no template: `--preload none`,
+    not a Python target, or (worker mode, `auto`) an agent that imports only the standard
+    library: a fresh interpreter then starts in ~20 ms, and a template would only add one
+    more process. Kept light (no socket, no json): it runs on every Python launch path."""
+    if not config.target.is_python or config.preload == NONE:
+        return None
+    if config.preload != AUTO:
+        return config.preload.split(",")
+    modules = discover(config.target)
+    if not session and not third_party(modules):
+        return None
+    return modules

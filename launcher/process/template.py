@@ -363,19 +363,12 @@ class Template:
 def for_target(
     config: RunConfig, layers: EnvironmentLayers, *, session: bool, extra: Sequence[str] = ()
 ) -> Template | None:
-    """The template for this launch, or None: `--preload none`, not a Python target, or
-    (worker mode, `auto`) an agent that imports only the standard library: a fresh
-    interpreter then starts in ~20 ms and a template would only add one more process."""
-    from launcher.process import preload
+    """The template for this launch, or None (see `preload.modules_for`)."""
+    from launcher.process.preload import modules_for
 
-    if not config.target.is_python or config.preload == preload.NONE:
+    modules = modules_for(config, session=session)
+    if modules is None:
         return None
-    if config.preload == preload.AUTO:
-        modules = preload.discover(config.target)
-        if not session and not preload.third_party(modules):
-            return None
-    else:
-        modules = config.preload.split(",")
     if not process.become_subreaper() and os.getpid() != 1:
         return None  # its forks would be re-parented to init, out of our reach
     withheld = [*layers.secrets, *layers.env_files, *layers.platform]

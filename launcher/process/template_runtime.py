@@ -96,17 +96,20 @@ def _preload(modules: list[str]) -> dict[str, Any]:
                 failed[name] = f"{type(error).__name__}: {error}"[:300]
     finally:
         os.environ.__class__ = environ_class
-    try:
-        threads = len(os.listdir("/proc/self/task"))
-    except OSError:
-        import threading
+    import threading
 
-        threads = threading.active_count()
+    try:
+        native = len(os.listdir("/proc/self/task"))
+    except OSError:
+        native = 1
     return {
         "ready": True,
         "failed": failed,
         "env_read": sorted(_RecordingEnviron.read),
-        "threads": threads,
+        # Python threads hold Python locks a forked child could inherit held: the launcher
+        # then stops using us. Native ones (OpenBLAS's pool) handle fork themselves.
+        "threads": threading.active_count(),
+        "native_threads": native,
         # After start-up (our bootstrap's PYTHONPATH edit) and preloading: the launcher
         # carries these changes into each child's environment (template.merge_environment).
         "environ": dict(os.environ),
