@@ -522,7 +522,12 @@ class WorkerFactory:
         # How a process is started: fork_exec, or a template's warm fork (#18).
         self.launch: Callable[..., int] = fork_exec
         # Called from a relay thread when a worker printed that its port was taken.
-        self.on_port_collision: Callable[[Worker, int], None] = lambda worker, port: None
+        # Until the engine takes over, collisions wait here: a worker forked warm can fail
+        # to bind before the event loop exists (#18).
+        self.early_collisions: list[tuple[Worker, int]] = []
+        self.on_port_collision: Callable[[Worker, int], None] = lambda worker, port: (
+            self.early_collisions.append((worker, port))
+        )
 
     def spawn(self, index: int, layers: EnvironmentLayers, port: int | None = None) -> Worker:
         """Start worker `index`; `port` is its AGENT_RUN_PORT (the engine picks the lane)."""

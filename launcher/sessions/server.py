@@ -72,13 +72,33 @@ def serve(plan: Plan, entry: Entrypoint) -> int:
     from launcher.process.containment import contain
 
     contain()
+    from launcher.process.template import for_target
+
+    # Warm processes forked from a secret-free template (#18): the agent's dependencies are
+    # imported once; each process then imports only the agent itself, with its secrets.
+    template = for_target(config, plan.layers, session=True, extra=SESSION_PRELOAD)
+    if template is not None and template.start():
+        template.wait_ready(config.ready_timeout)
     import anyio
 
-    return anyio.run(_main, plan, entry, masker, listener, health_socket)
+    try:
+        return anyio.run(_main, plan, entry, masker, listener, health_socket, template)
+    finally:
+        if template is not None:
+            template.close()
+
+
+# What the session runtime (runtime.py) imports in every process, besides the agent.
+SESSION_PRELOAD = ("asyncio", "json", "inspect", "traceback", "socket", "contextlib")
 
 
 async def _main(
-    plan: Plan, entry: Entrypoint, masker: Masker | None, listener: Any, health_socket: Any
+    plan: Plan,
+    entry: Entrypoint,
+    masker: Masker | None,
+    listener: Any,
+    health_socket: Any,
+    template: Any = None,
 ) -> int:
     from launcher import host
     from launcher.ops import logs
@@ -87,6 +107,10 @@ async def _main(
 
     log = logs.configure(plan.config.log_format, masker or Masker(()))
     runtime = SessionRuntime(plan, entry, masker, log, listener, create_app, server_options)
+    if template is not None:
+        log("template", pid=template.pid, modules=",".join(template.modules), forks=0)
+        template.attach_log(log)
+        runtime.factory.launch = template.launch
     code = await host.run(plan, runtime, log, health_socket=health_socket)
     # Of the sessions running when shutdown began: those stopped at the end of the drain,
     # and those that finished on their own within it.

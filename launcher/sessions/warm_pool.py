@@ -169,6 +169,8 @@ class WarmProcessFactory:
         self.entry = entry
         self.masker = masker
         self._spawn_worker = spawn
+        # How a process starts: fork_exec, or a template's warm fork (launcher/process/template).
+        self.launch: Callable[..., int] | None = None
         self._counter = 0
         self.processes: dict[int, WarmProcess] = {}
         self.log: Callable[..., None] = lambda event, **fields: None
@@ -203,6 +205,7 @@ class WarmProcessFactory:
                 pass_fds=(child.fileno(),),
                 files=layers.files,
                 file_variables=layers.file_variables,
+                **({"launch": self.launch} if self.launch is not None else {}),
             )
         except OSError:
             parent.close()

@@ -120,7 +120,11 @@ class Engine:
         self._abort_lines: tuple[str, ...] = ()
         # The last few workers that exited, kept for the abort report (their output).
         self._exited: list[Worker] = []
+        # Collisions reported before the loop runs (a warm worker fails to bind quickly) wait
+        # for it: who holds the port is only known once the workers are adopted.
+        self._early_collisions: list[tuple[Worker, int]] = []
         if isinstance(factory, WorkerFactory):  # session mode's factory reports nothing
+            self._early_collisions += factory.early_collisions
             factory.on_port_collision = self._port_collision
 
     # --- events in ---------------------------------------------------------------------
@@ -357,6 +361,9 @@ class Engine:
         import asyncio
 
         self._loop = asyncio.get_running_loop()
+        early, self._early_collisions = self._early_collisions, []
+        for worker, port in early:
+            self._port_collision(worker, port)
         async with anyio.create_task_group() as tg:
             self._tg = tg
             for worker in list(self.workers.values()):
@@ -614,6 +621,9 @@ class Engine:
 
     def _port_collision(self, worker: Worker, port: int) -> None:
         """From a relay thread: name the port, its holder and the fix (once per worker)."""
+        if self._loop is None:
+            self._early_collisions.append((worker, port))
+            return
         from launcher.process import port_conflict
 
         found = port_conflict.holder(port) if port else None
