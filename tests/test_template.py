@@ -21,6 +21,7 @@ from launcher.process import preload
 from launcher.process.template import merge_environment
 
 from .conftest import AGENTS, CLI, Launcher, alive, read_reports, wait_gone
+from .test_sessions import Server, serve  # noqa: F401 -- the fixture
 
 OBSERVER = AGENTS / "observer.py"
 DEADLINE = 60.0
@@ -264,3 +265,43 @@ def test_the_cli_refuses_a_bad_preload_list(cli: CLI) -> None:
     result = cli("--preload", "no such", "bot.py")
     assert result.returncode == 2, result.stderr
     assert "--preload" in result.stderr and "Traceback" not in result.stderr
+
+
+SESSION_AGENT = """
+import json, os, sys
+
+PRELOADED = "colorsys" in sys.modules
+
+
+async def bot(runner_args):
+    report = {
+        "pid": os.getpid(), "ppid": os.getppid(), "preloaded": PRELOADED,
+        "version": os.environ.get("AGENT_RUN_SECRETS_VERSION"),
+        "key": os.environ.get("DEMO_API_KEY"),
+    }
+    path = os.path.join(os.environ["SESSION_DIR"], runner_args.session_id + ".json")
+    with open(path + ".tmp", "w") as stream:
+        json.dump(report, stream)
+    os.replace(path + ".tmp", path)
+"""
+
+
+def test_session_mode_read_after_write_through_the_template(
+    serve: Callable[..., Server],  # noqa: F811 -- the fixture imported above
+    cli: CLI,
+    tmp_path: Path,
+) -> None:
+    """`secrets set` returns, a session starts at once: forked warm, with the new value."""
+    agent = tmp_path / "warm_bot.py"
+    agent.write_text(SESSION_AGENT)
+    server = serve("--idle", "2", "--preload", "colorsys", target=str(agent))
+    template = _template_pid(server.launcher)
+    for round_ in range(2, 7):
+        value = f"value-{round_}"
+        assert cli("secrets", "set", "demo", f"DEMO_API_KEY={value}").returncode == 0
+        answer = server.started({})
+        report = server.file(f"{answer['id']}.json")
+        assert (report["version"], report["key"]) == (str(round_), value)
+        assert report["preloaded"] and report["ppid"] == server.launcher.proc.pid
+    environ = Path(f"/proc/{template}/environ").read_bytes()
+    assert b"DEMO_API_KEY" not in environ and b"value-" not in environ

@@ -111,6 +111,7 @@ async def _main(
         log("template", pid=template.pid, modules=",".join(template.modules), forks=0)
         template.attach_log(log)
         runtime.factory.launch = template.launch
+        runtime.factory.renew_template = template.renew
     code = await host.run(plan, runtime, log, health_socket=health_socket)
     # Of the sessions running when shutdown began: those stopped at the end of the drain,
     # and those that finished on their own within it.

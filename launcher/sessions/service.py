@@ -366,6 +366,8 @@ class SessionRuntime:
     def code_changed(self) -> None:
         # `agent-run dev`: idle processes imported the old code; running sessions finish on
         # the code they started with, as they do on the secrets they started with.
+        if self.factory.renew_template is not None:
+            self.factory.renew_template()  # a dependency may have changed too (#18)
         if not self.draining and self._tg is not None:
             self._tg.start_soon(self.reload, "code_changed")
 

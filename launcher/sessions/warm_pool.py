@@ -171,6 +171,7 @@ class WarmProcessFactory:
         self._spawn_worker = spawn
         # How a process starts: fork_exec, or a template's warm fork (launcher/process/template).
         self.launch: Callable[..., int] | None = None
+        self.renew_template: Callable[[], None] | None = None  # `agent-run dev`: code changed
         self._counter = 0
         self.processes: dict[int, WarmProcess] = {}
         self.log: Callable[..., None] = lambda event, **fields: None
