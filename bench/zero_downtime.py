@@ -5,7 +5,8 @@ Both servers run 4 workers on one 127.0.0.1 port and get the same bounded, open-
 (bench/open_loop.py, its own process): RATE requests per second on a fixed schedule, each on
 a new connection (Connection: close): SECONDS of steady load, then SECONDS during which
 - agent-run (sample_agents/http_agent.py, SO_REUSEPORT, --ready notify) gets UPDATES
-  `agent-run secrets set` calls, each rolling all 4 workers;
+  `agent-run secrets set` calls, each rolling all 4 workers (forked from its template, #18;
+  --fresh adds a run with `--preload none`, a fresh interpreter per worker, labelled fresh);
 - gunicorn (the `bench` extra; 4 sync workers, the same tiny app) gets UPDATES SIGHUPs.
 Printed: requests, failed requests, p50/p99 latency in four windows: "steady" (the first
 half, no update), "during" (requests starting within WINDOW_S after an update was triggered:
@@ -137,7 +138,7 @@ def summarize(
     return during_ratio, updating_ratio, sum(1 for s in samples if not s[2])
 
 
-def run_agent_run(args: argparse.Namespace) -> Ratios:
+def run_agent_run(args: argparse.Namespace, preload: str = "auto") -> Ratios:
     agent_run = str(Path(sys.executable).parent / "agent-run")
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
@@ -156,7 +157,7 @@ def run_agent_run(args: argparse.Namespace) -> Ratios:
         )
         launcher = subprocess.Popen(
             [agent_run, "--secrets", "demo", "--workers", "4", "--ready", "notify", "--drain-timeout", "10",
-             str(ROOT / "sample_agents" / "http_agent.py")],
+             "--preload", preload, str(ROOT / "sample_agents" / "http_agent.py")],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         try:
@@ -175,7 +176,7 @@ def run_agent_run(args: argparse.Namespace) -> Ratios:
         finally:
             launcher.send_signal(signal.SIGTERM)
             launcher.wait(timeout=60)
-    return summarize("agent-run", samples, updating, triggers)
+    return summarize("agent-run" if preload == "auto" else "fresh", samples, updating, triggers)
 
 
 def run_gunicorn(args: argparse.Namespace) -> Ratios | None:
@@ -208,6 +209,9 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=20)
     parser.add_argument("--rate", type=float, default=1000, help="requests per second")
     parser.add_argument("--rounds", type=int, default=1, help="alternate the servers N times")
+    parser.add_argument(
+        "--fresh", action="store_true", help="also agent-run --preload none (no template)"
+    )
     parser.add_argument("--no-migrate", action="store_true", help="leave tcp_migrate_req as it is")
     parser.add_argument("--in-netns", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -224,6 +228,7 @@ def main() -> None:
             str(args.rate),
             "--rounds",
             str(args.rounds),
+            *(["--fresh"] if args.fresh else []),
         ]
         script = "ip link set lo up && sysctl -qw net.ipv4.tcp_migrate_req=1 && exec " + " ".join(
             inner
@@ -235,9 +240,11 @@ def main() -> None:
     )
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "launcher")], check=True)
     print(f"{'server':<12}{'window':<9}{'requests':>9}{'failed':>8}{'p50 ms':>10}{'p99 ms':>10}")
-    results: dict[str, list[Ratios]] = {"agent-run": [], "gunicorn": []}
+    results: dict[str, list[Ratios]] = {"agent-run": [], "fresh": [], "gunicorn": []}
     for _ in range(args.rounds):
         results["agent-run"].append(run_agent_run(args))
+        if args.fresh:  # the same launcher without its template (#18), in the same run
+            results["fresh"].append(run_agent_run(args, "none"))
         if (baseline := run_gunicorn(args)) is not None:
             results["gunicorn"].append(baseline)
     if args.rounds > 1:

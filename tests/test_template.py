@@ -305,3 +305,19 @@ def test_session_mode_read_after_write_through_the_template(
         assert report["preloaded"] and report["ppid"] == server.launcher.proc.pid
     environ = Path(f"/proc/{template}/environ").read_bytes()
     assert b"DEMO_API_KEY" not in environ and b"value-" not in environ
+
+
+def test_a_stuck_template_is_replaced_and_the_restart_happens_the_old_way(
+    cli: CLI, launch: Callable[..., Launcher], probe_dir: Path
+) -> None:
+    """A template that does not answer (SIGSTOP): the restart starts fresh, the template is killed."""
+    launcher = launch("--preload", "colorsys", "--ready-delay", "0.2", str(OBSERVER))
+    template = _template_pid(launcher)
+    (first,) = _wait_reports(probe_dir, 1)
+    os.kill(template, signal.SIGSTOP)
+    os.kill(first, signal.SIGKILL)
+    failed = launcher.wait_event("template_failed", timeout=DEADLINE)
+    assert "no answer" in str(failed["reason"])
+    launcher.wait_event("template_exited", pid=template, timeout=DEADLINE)
+    second = [r for p, r in _wait_reports(probe_dir, 2).items() if p != first]
+    assert not second[0]["preloaded"] and second[0]["ppid"] == launcher.proc.pid

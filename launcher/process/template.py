@@ -49,7 +49,9 @@ if TYPE_CHECKING:
 Log = Callable[..., None]
 
 READY_TIMEOUT = 120.0  # for the template's imports, at launch (then: the old way)
-REPLY_TIMEOUT = 10.0  # for one fork; longer means stuck (a fork takes milliseconds)
+# For one fork; longer means stuck (a fork takes milliseconds, a few hundred on a loaded
+# machine with a large heap). The wait blocks the launcher's loop: it must stay short.
+REPLY_TIMEOUT = 2.0
 MAX_STARTS = 4  # a template that keeps dying is given up on: processes start the old way
 _STARTUP_PREFIXES = ("PYTHON", "LC_")
 _STARTUP_NAMES = frozenset({"LANG", "LANGUAGE", "HOME", "PATH"})
