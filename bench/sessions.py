@@ -303,7 +303,20 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--calls", type=int, default=100, help="websocket calls (0: skip)")
     parser.add_argument("--only-calls", action="store_true", help="only the websocket part")
+    parser.add_argument(
+        "--preload",
+        default="auto",
+        help="agent-run --preload: auto (a template interpreter, #18) or none (a fresh one)",
+    )
+    parser.add_argument(
+        "--bot", default=str(BOT), help="the session bot (bench/pipecat_bot.py: a real Pipecat one)"
+    )
+    parser.add_argument(
+        "--only", choices=("warm", "read-after-write"), help="run only this part (and the baseline)"
+    )
     args = parser.parse_args()
+    global BOT
+    BOT = Path(args.bot).resolve()
 
     tmp = Path(tempfile.mkdtemp(prefix="agent-run-bench-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_RUN_")}
@@ -340,58 +353,63 @@ def main() -> int:
     print(f"python bot.py from scratch:       {summary(scratch)}")
 
     leftovers: set[int] = set()
+    stale = 0
 
     def run(*options: str) -> Runtime:
         reports = tmp / f"reports-{len(list(tmp.glob('reports-*')))}"
         reports.mkdir()
-        return Runtime(env, reports, *options)
+        return Runtime(env, reports, "--preload", args.preload, *options)
 
-    # Warm: --idle 8, paced so that a warm process is waiting for each request.
-    runtime = run("--max-sessions", "1000", "--idle", "8", "--no-watch")
-    time.sleep(2.0)  # let the pool warm up
-    entry, rtt, warm = start_latencies(runtime, args.warm, pace=0.05)
-    print(f"warm start (request -> bot()):    {summary(entry)}  [{warm}/{args.warm} warm]")
-    print(f"warm start (HTTP round trip):     {summary(rtt)}")
+    print(f"bot: {BOT.name}; --preload {args.preload}; load {os.getloadavg()[0]:.1f}")
+    if args.only in (None, "warm"):
+        # Warm: --idle 8, paced so that a warm process is waiting for each request.
+        runtime = run("--max-sessions", "1000", "--idle", "8", "--no-watch")
+        time.sleep(2.0)  # let the pool warm up
+        entry, rtt, warm = start_latencies(runtime, args.warm, pace=0.05)
+        print(f"warm start (request -> bot()):    {summary(entry)}  [{warm}/{args.warm} warm]")
+        print(f"warm start (HTTP round trip):     {summary(rtt)}")
 
-    # Sustained: back to back, as fast as the runtime answers.
-    count, warm_count, start = 0, 0, time.perf_counter()
-    while time.perf_counter() - start < args.seconds:
-        answer, _, _ = runtime.post({"sustained": count})
-        count += 1
-        warm_count += bool(answer["warm"])
-    rate = count / (time.perf_counter() - start)
-    print(
-        f"sustained session starts:         {rate:7.1f} /s  ({warm_count}/{count} warm, --idle 8)"
-    )
-    leftovers |= runtime.pids()
-    assert runtime.stop() == 0
+        # Sustained: back to back, as fast as the runtime answers.
+        count, warm_count, start = 0, 0, time.perf_counter()
+        while time.perf_counter() - start < args.seconds:
+            answer, _, _ = runtime.post({"sustained": count})
+            count += 1
+            warm_count += bool(answer["warm"])
+        rate = count / (time.perf_counter() - start)
+        print(
+            f"sustained session starts:         {rate:7.1f} /s  ({warm_count}/{count} warm, --idle 8)"
+        )
+        leftovers |= runtime.pids()
+        assert runtime.stop() == 0
 
-    # Cold: --idle 0, a process per request.
-    runtime = run("--max-sessions", "1000", "--idle", "0", "--no-watch")
-    entry, rtt, warm = start_latencies(runtime, args.cold, pace=0.0)
-    print(f"cold start (request -> bot()):    {summary(entry)}  [{warm}/{args.cold} warm]")
-    leftovers |= runtime.pids()
-    assert runtime.stop() == 0
+    if args.only is None:
+        # Cold: --idle 0, a process per request.
+        runtime = run("--max-sessions", "1000", "--idle", "0", "--no-watch")
+        entry, rtt, warm = start_latencies(runtime, args.cold, pace=0.0)
+        print(f"cold start (request -> bot()):    {summary(entry)}  [{warm}/{args.cold} warm]")
+        leftovers |= runtime.pids()
+        assert runtime.stop() == 0
 
-    # Read-after-write, with the default store watch on (it races the dispatch check).
-    runtime = run("--max-sessions", "1000", "--idle", "2")
-    time.sleep(1.0)
-    stale, raw = 0, []
-    for round_ in range(1, args.rounds + 1):
-        value = f"sk-bench-{round_}"
-        secrets_set(value)
-        answer, sent, _ = runtime.post({"round": round_})
-        report = runtime.report(answer["id"])
-        expected = hashlib.sha256(value.encode()).hexdigest()[:16]
-        if report["key_sha256"] != expected or report["secrets_version"] != str(round_ + 1):
-            stale += 1
-        raw.append((report["entered_at"] - sent) * 1000)
-    print(
-        f"read-after-write: {stale} stale sessions in {args.rounds} rounds; "
-        f"start after an update {summary(raw)}"
-    )
-    leftovers |= runtime.pids()
-    assert runtime.stop() == 0
+    if args.only in (None, "read-after-write"):
+        # Read-after-write, with the default store watch on (it races the dispatch check).
+        runtime = run("--max-sessions", "1000", "--idle", "2")
+        time.sleep(1.0)
+        stale, raw = 0, []
+        for round_ in range(1, args.rounds + 1):
+            value = f"sk-bench-{round_}"
+            secrets_set(value)
+            answer, sent, _ = runtime.post({"round": round_})
+            report = runtime.report(answer["id"])
+            expected = hashlib.sha256(value.encode()).hexdigest()[:16]
+            if report["key_sha256"] != expected or report["secrets_version"] != str(round_ + 1):
+                stale += 1
+            raw.append((report["entered_at"] - sent) * 1000)
+        print(
+            f"read-after-write: {stale} stale sessions in {args.rounds} rounds; "
+            f"start after an update {summary(raw)}"
+        )
+        leftovers |= runtime.pids()
+        assert runtime.stop() == 0
 
     time.sleep(0.2)
     left = sorted(pid for pid in leftovers if alive(pid))

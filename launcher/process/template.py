@@ -55,6 +55,9 @@ REPLY_TIMEOUT = 2.0
 MAX_STARTS = 4  # a template that keeps dying is given up on: processes start the old way
 _STARTUP_PREFIXES = ("PYTHON", "LC_")
 _STARTUP_NAMES = frozenset({"LANG", "LANGUAGE", "HOME", "PATH"})
+# Read at import by our own start-up hook (LiveKit's port default), which each forked process
+# applies again with its own value (python_bootstrap's rebind()).
+_REAPPLIED = frozenset({"AGENT_RUN_PORT"})
 
 
 def startup_variable(name: str) -> bool:
@@ -252,7 +255,7 @@ class Template:
         assert self._report is not None
         read = self._report.get("env_read")
         for name in read if isinstance(read, list) else []:
-            if env.get(name) != launched.get(name):
+            if name not in _REAPPLIED and env.get(name) != launched.get(name):
                 return f"a preloaded module read {name} at import"
         return None
 

@@ -284,6 +284,11 @@ def become(job: dict[str, Any]) -> None:
     import time
 
     time.tzset()
+    # agent-run's start-up hook (python_bootstrap) set LiveKit's port default from the
+    # template's environment, which has no AGENT_RUN_PORT: this process's port now.
+    rebind = getattr(sys.modules.get("_agent_run_bootstrap"), "rebind", None)
+    if callable(rebind):
+        rebind()
     _stdio()
     _run(setup["argv"])
 

@@ -30,11 +30,17 @@ def _health_port() -> int:
     return int(text) if text.isdigit() else 0
 
 
+# What we changed, so a process forked from agent-run's template interpreter (which
+# imported LiveKit without AGENT_RUN_PORT) can point it at its own port: `rebind()`.
+_changed: list[object] = []
+
+
 def _replace_port_default(default: object, port: int) -> None:
     # A frozen dataclass `ServerEnvOption(dev_default=0, prod_default=8081)`, shared by every
     # AgentServer() that does not pass `port=`: changed in place, so each use sees it.
     if getattr(default, "prod_default", None) == _LIVEKIT_DEFAULT_PORT:
         object.__setattr__(default, "prod_default", port)
+        _changed.append(default)
 
 
 def _patch_livekit_worker(module: object) -> None:
@@ -43,12 +49,24 @@ def _patch_livekit_worker(module: object) -> None:
     defaults = getattr(getattr(server, "__init__", None), "__kwdefaults__", None) or {}
     if defaults.get("port") == _LIVEKIT_DEFAULT_PORT:  # a plain int in some other version
         defaults["port"] = port
+        _changed.append(defaults)
     else:
         _replace_port_default(defaults.get("port"), port)
     options = getattr(module, "ServerOptions", None)  # the older WorkerOptions spelling
     field = getattr(options, "__dataclass_fields__", {}).get("port")
     if field is not None:
         _replace_port_default(field.default, port)
+
+
+def rebind() -> None:
+    """This process's AGENT_RUN_PORT for the defaults we changed (called by a process forked
+    from agent-run's template after it received its environment)."""
+    port = _health_port()
+    for default in _changed:
+        if isinstance(default, dict):
+            default["port"] = port
+        else:
+            object.__setattr__(default, "prod_default", port)
 
 
 class _Loader:
@@ -116,5 +134,6 @@ def _run_shadowed_sitecustomize() -> None:
 
 
 _unlist()
+sys.modules["_agent_run_bootstrap"] = sys.modules[__name__]  # for rebind(), by a stable name
 sys.meta_path.insert(0, _Finder)  # type: ignore[arg-type]
 _run_shadowed_sitecustomize()
