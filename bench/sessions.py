@@ -53,7 +53,9 @@ def summary(values: list[float]) -> str:
 
 
 class Runtime:
-    """`agent-run ... sample_agents/session_bot.py` in session mode."""
+    """`agent-run ... sample_agents/session_bot.py` (or --bot) in session mode."""
+
+    bot = BOT
 
     def __init__(self, env: dict[str, str], reports: Path, *args: str) -> None:
         import atexit
@@ -71,7 +73,7 @@ class Runtime:
                 "--log-format",
                 "json",
                 *args,
-                str(BOT),
+                str(self.bot),
             ],
             env={**env, "SESSION_REPORT_DIR": str(reports)},
             stdout=subprocess.DEVNULL,
@@ -315,8 +317,7 @@ def main() -> int:
         "--only", choices=("warm", "read-after-write"), help="run only this part (and the baseline)"
     )
     args = parser.parse_args()
-    global BOT
-    BOT = Path(args.bot).resolve()
+    Runtime.bot = Path(args.bot).resolve()
 
     tmp = Path(tempfile.mkdtemp(prefix="agent-run-bench-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_RUN_")}
@@ -348,7 +349,7 @@ def main() -> int:
     scratch = []
     for _ in range(10):
         start = time.perf_counter()
-        subprocess.run([sys.executable, str(BOT)], env=env, check=True, capture_output=True)
+        subprocess.run([sys.executable, str(Runtime.bot)], env=env, check=True, capture_output=True)
         scratch.append((time.perf_counter() - start) * 1000)
     print(f"python bot.py from scratch:       {summary(scratch)}")
 
@@ -360,7 +361,7 @@ def main() -> int:
         reports.mkdir()
         return Runtime(env, reports, "--preload", args.preload, *options)
 
-    print(f"bot: {BOT.name}; --preload {args.preload}; load {os.getloadavg()[0]:.1f}")
+    print(f"bot: {Runtime.bot.name}; --preload {args.preload}; load {os.getloadavg()[0]:.1f}")
     if args.only in (None, "warm"):
         # Warm: --idle 8, paced so that a warm process is waiting for each request.
         runtime = run("--max-sessions", "1000", "--idle", "8", "--no-watch")
