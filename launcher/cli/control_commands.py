@@ -204,7 +204,35 @@ def format_session_status(status: dict[str, Any]) -> str:
     rollout = status.get("rollout") or {}
     if rollout.get("reason"):
         lines.append(f"last update: {rollout['state']}: {rollout['reason']}")
+    lines += format_exits(status)
     return "\n".join(lines)
+
+
+SHOWN_EXITS = 5
+
+
+def format_exits(status: dict[str, Any]) -> list[str]:
+    """The last exits and why each happened, newest last (`status --json` has them all)."""
+    recent = status.get("recent_exits") or []
+    if not recent:
+        return []
+    counts = status.get("exit_counts") or {}
+    tally = ", ".join(f"{reason} {count}" for reason, count in sorted(counts.items()))
+    lines = [f"exits: {tally}"]
+    for item in recent[-SHOWN_EXITS:]:
+        slot = "session" if item["slot"] < 0 else f"slot {item['slot']}"
+        version = item["version"] if item["version"] is not None else "-"
+        lines.append(f"  pid {item['pid']} ({slot}, v{version}): {item['text']}")
+        lines += [f"  | {text[:300]}" for text in item.get("last_lines") or []]
+    return lines
+
+
+def _last_exit(worker: dict[str, Any]) -> str:
+    """`137 oom-killed (cgroup)`: the code and why (supervision/exits.py)."""
+    code, reason = worker.get("last_exit"), worker.get("exit_reason")
+    if code is None:
+        return "-"
+    return f"{code} {reason}" if reason else str(code)
 
 
 def format_status(status: dict[str, Any]) -> str:
@@ -229,7 +257,7 @@ def format_status(status: dict[str, Any]) -> str:
                 str(w["version"] if w["version"] is not None else "-"),
                 _uptime(w["started_at"]),
                 str(w["restarts"]),
-                str(w["last_exit"] if w["last_exit"] is not None else "-"),
+                _last_exit(w),
                 str(w.get("port") or "-"),
                 w.get("status_text") or "",
             )
@@ -260,12 +288,15 @@ def format_status(status: dict[str, Any]) -> str:
         if rollout.get("reason") and rollout["state"] == "aborted":
             line += f": {rollout['reason']}"
         lines.append(line)
+        if rollout["state"] == "aborted" and rollout.get("exit_reason"):
+            lines.append(f"  the replacement ended: {rollout['exit_reason']}")
         if rollout["state"] == "aborted" and rollout.get("last_lines"):
             lines.append("  last lines of the failed replacement:")
             lines += [f"  | {text[:300]}" for text in rollout["last_lines"]]
     if rollout.get("reason") and rollout["state"] != "aborted":
         # A later update that never started (an older file refused, a damaged set, #12).
         lines.append(f"update skipped: {rollout['reason']}")
+    lines += format_exits(status)
     return "\n".join(lines)
 
 

@@ -148,6 +148,18 @@ class _StatusCollector:
         )
         refused.add_metric([], status.rollout.refused if status else 0)
         yield refused
+        exits = CounterMetricFamily(
+            "agent_run_exits",
+            "Processes that ended, by reason (clean, crash, signal, oom-killed, "
+            "failed-before-ready, readiness-timeout, drain-deadline, watchdog, forced).",
+            labels=["reason"],
+        )
+        from launcher.supervision.exits import ExitKind
+
+        counted = dict(status.exit_counts) if status else {}
+        for kind in ExitKind:  # zeros too, so alerts can use rate()
+            exits.add_metric([kind.value], counted.get(kind.value, 0))
+        yield exits
         if self._sessions_active is not None:
             active = GaugeMetricFamily("agent_run_sessions_active", "Sessions running now.")
             active.add_metric([], self._sessions_active())

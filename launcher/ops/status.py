@@ -39,6 +39,7 @@ class WorkerStatus(NamedTuple):
     last_exit: int | None = None  # exit code, or 128+N for a signal
     port: int | None = None  # AGENT_RUN_PORT of this process (--port-base)
     status_text: str | None = None  # the worker's own STATUS= line (sd_notify)
+    exit_reason: str | None = None  # why its last process ended (supervision/exits.py)
 
 
 class RolloutStatus(NamedTuple):
@@ -52,6 +53,19 @@ class RolloutStatus(NamedTuple):
     reason: str | None = None  # why it aborted; never a value
     refused: int = 0  # store versions refused as older than one already served (#12)
     last_lines: tuple[str, ...] = ()  # what the failed replacement printed last, masked
+    exit_reason: str | None = None  # why the failed replacement ended (supervision/exits.py)
+
+
+class ExitRecord(NamedTuple):
+    """One process's exit, as `status` lists it (supervision/exits.py classifies)."""
+
+    pid: int
+    slot: int  # -1: a session's process
+    version: int | None
+    reason: str  # the kind: clean, crash, signal, oom-killed, failed-before-ready, ...
+    text: str  # the kind with its detail: "crash (code 3)", "signal SIGSEGV"
+    at: float  # wall-clock seconds
+    last_lines: tuple[str, ...] = ()  # failed-before-ready only: its last output, masked
 
 
 class PoolStatus(NamedTuple):
@@ -62,6 +76,8 @@ class PoolStatus(NamedTuple):
     workers: tuple[WorkerStatus, ...] = ()
     rollout: RolloutStatus = RolloutStatus()
     draining: tuple[WorkerStatus, ...] = ()  # retired workers still finishing their work
+    exit_counts: tuple[tuple[str, int], ...] = ()  # exits since start, by reason
+    recent_exits: tuple[ExitRecord, ...] = ()  # the last few, oldest first
 
     @property
     def ready_on_current(self) -> int:
@@ -85,6 +101,7 @@ def as_dict(status: PoolStatus) -> dict[str, object]:
     data = _plain(status)
     assert isinstance(data, dict)
     data["ready_on_current"] = status.ready_on_current
+    data["exit_counts"] = dict(status.exit_counts)
     return data
 
 

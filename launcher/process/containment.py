@@ -124,7 +124,7 @@ def contain(mode: str | None = None) -> Containment:
 # --- cgroup v2 -----------------------------------------------------------------------------
 
 
-def _cgroup2_mount() -> str | None:
+def cgroup2_mount() -> str | None:
     """Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or .../unified on hybrid)."""
     try:
         with open("/proc/self/mountinfo") as mounts:
@@ -151,7 +151,7 @@ def _own_cgroup() -> str | None:
 
 def _new_cgroup() -> str | tuple[None, str]:
     """A fresh child cgroup of ours with `cgroup.kill`, or (None, why not)."""
-    mount, own = _cgroup2_mount(), _own_cgroup()
+    mount, own = cgroup2_mount(), _own_cgroup()
     if mount is None or own is None:
         return None, "no cgroup v2 hierarchy"
     parent = os.path.join(mount, own.lstrip("/"))

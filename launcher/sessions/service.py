@@ -293,6 +293,7 @@ class SessionRuntime:
             version=self.version,
             workers=(slot,),
             rollout=self._refusals(),
+            **self.engine.exit_fields(),
         )
 
     def _refusals(self) -> Any:
@@ -339,6 +340,7 @@ class SessionRuntime:
                 "reason": self.refused_reason if self.refused else rollout.reason,
                 "refused": self.refused,
             },
+            **_exits_as_data(self.engine.exit_fields()),
         }
 
     def control_extra(self) -> dict[str, Any]:
@@ -732,3 +734,11 @@ class SessionRuntime:
         elif action != "show":
             return {"ok": False, "error": f"unknown sessions action {action!r}"}
         return {"ok": True, "session": session.as_dict()}
+
+
+def _exits_as_data(fields: dict[str, Any]) -> dict[str, Any]:
+    """The engine's exit tally and last exits as JSON-ready data."""
+    return {
+        "exit_counts": dict(fields["exit_counts"]),
+        "recent_exits": [record._asdict() for record in fields["recent_exits"]],
+    }

@@ -15,6 +15,7 @@ import random
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, Protocol
 
 import anyio
@@ -34,6 +35,7 @@ from launcher.process import reaper
 from launcher.process.readiness import ReadySpec, probe_until_ready
 from launcher.process.worker import Worker, WorkerFactory
 from launcher.supervision import planner
+from launcher.supervision.exits import ExitLedger
 from launcher.supervision.planner import Phase, SlotFate, Verdict
 
 Log = Callable[..., None]
@@ -123,6 +125,8 @@ class Engine:
         # Collisions reported before the loop runs (a warm worker fails to bind quickly) wait
         # for it: who holds the port is only known once the workers are adopted.
         self._early_collisions: list[tuple[Worker, int]] = []
+        self.exits = ExitLedger(config.stop_signal)  # why processes ended (exits.py)
+        self._slot_exit: dict[int, str] = {}  # slot -> why its own worker last ended
         if isinstance(factory, WorkerFactory):  # session mode's factory reports nothing
             self._early_collisions += factory.early_collisions
             factory.on_port_collision = self._port_collision
@@ -135,6 +139,7 @@ class Engine:
         self.state, notes = planner.observe(self.state, event)
         self._report(notes)
         if before is not None and before.phase is Phase.STARTING:
+            self.exits.ready(before.pid)
             worker = self.workers.get(before.pid)
             self.log(
                 "worker_ready",
@@ -166,12 +171,25 @@ class Engine:
             worker.exited.set()
         code = worker.exit_code if worker.exit_code is not None else 1
         proc = self.state.proc(pid)
+        record = self.exits.exited(
+            pid,
+            status,
+            stop_sent=worker.stop_sent,
+            started=worker.started_monotonic,
+            slot=worker.slot,
+            version=worker.version,
+            last_lines=tuple(worker.last_lines(ABORT_LINES)),
+        )
+        if self._own_worker(proc):
+            self._slot_exit[worker.slot] = record.text
+        extra = {"last_lines": list(record.last_lines)} if record.last_lines else {}
         if proc is not None and proc.phase is Phase.STOPPING and worker.stopped_at:
             self.log(
                 "worker_drained",
                 slot=worker.slot,
                 pid=pid,
                 code=code,
+                reason=record.text,
                 version=worker.version,
                 seconds=round(time.monotonic() - worker.stopped_at, 3),
             )
@@ -181,8 +199,11 @@ class Engine:
                 slot=worker.slot,
                 pid=pid,
                 code=code,
+                reason=record.text,
                 version=worker.version,
                 uptime=round(worker.uptime(), 3),
+                **extra,
+                level="info" if record.reason == "clean" else "warning",
             )
         self.post(planner.Exited(pid, code, self.clock(), self.rng()))
         self.on_exited(worker)
@@ -430,6 +451,7 @@ class Engine:
                     reason=action.reason,
                     level="warning",
                 )
+                self.exits.killed(worker.pid, action.reason)
                 worker.stop_sent = True
                 worker.send(signal.SIGKILL)
                 worker.kill_group()
@@ -477,6 +499,7 @@ class Engine:
 
     def _track(self, worker: Worker, slot: int, lane: int, generation: int) -> None:
         self.workers[worker.pid] = worker
+        self.exits.spawned(worker.pid)
         self.on_spawned(worker)
         # The process layer registered it at the fork; its exit now comes to the engine.
         reaper.register(worker.pid, lambda status: self._reaped(worker, status))
@@ -534,6 +557,10 @@ class Engine:
 
     def _report(self, notes: planner.Notes) -> None:
         for pid in notes.not_ready:
+            self.exits.missed_readiness(pid)
+            missed = self.state.proc(pid)
+            if missed is not None and self._own_worker(replace(missed, phase=Phase.STARTING)):
+                self._slot_exit[missed.slot] = "readiness-timeout"
             worker = self.workers.get(pid)
             self.log(
                 "worker_not_ready",
@@ -604,7 +631,12 @@ class Engine:
             if worker.relay is not None:  # its last lines may still be on their way
                 await anyio.to_thread.run_sync(worker.relay.wait, 2.0)
             self._abort_lines = tuple(worker.last_lines(ABORT_LINES))
-            fields = {"replacement_pid": worker.pid, "slot": worker.slot, "port": worker.port}
+            fields = {
+                "replacement_pid": worker.pid,
+                "slot": worker.slot,
+                "port": worker.port,
+                "exit_reason": self._exit_text(worker.pid),
+            }
             if worker.port_collision is not None:
                 fields["port_in_use"] = worker.port_collision or "unknown"
             self.on_change()
@@ -655,12 +687,29 @@ class Engine:
             result: dict[str, object] = {"ok": True, "message": message, "version": version}
         else:
             reason = rollout.reason or "aborted"
+            failed = self._failed_candidate()
+            why = self._exit_text(failed.pid) if failed is not None else None
             result = {
                 "ok": False,
                 "error": f"{reason}; old workers kept serving",
                 "version": version,
+                "exit_reason": why,
             }
         self._resolve_waiters(rollout.to_generation, result)
+
+    def _own_worker(self, proc: planner.Proc | None) -> bool:
+        """`proc` is its slot's own worker (committed, not draining): its exit is the slot's."""
+        if proc is None or proc.slot < 0 or proc.phase is Phase.STOPPING:
+            return False
+        return proc.generation == self.state.slots[proc.slot].generation
+
+    def _exit_text(self, pid: int) -> str | None:
+        """Why process `pid` ended, or what will be said when it does (a readiness miss)."""
+        reason = self.exits.by_pid.get(pid)
+        if reason is not None:
+            return reason.text
+        kind = self.exits.provisional(pid)
+        return kind.value if kind is not None else None
 
     def _wall(self, moment: float | None) -> float | None:
         """A planner time (our clock) as wall-clock seconds, for status."""
@@ -695,7 +744,13 @@ class Engine:
                     WorkerState.READY if proc.phase is Phase.READY else WorkerState.STARTING
                 )
                 status = self._worker_status(proc, self.workers.get(proc.pid), phase_state)
-                workers.append(status._replace(restarts=slot.restarts, last_exit=slot.last_exit))
+                workers.append(
+                    status._replace(
+                        restarts=slot.restarts,
+                        last_exit=slot.last_exit,
+                        exit_reason=self._slot_exit.get(slot.index),
+                    )
+                )
                 continue
             if slot.fate is SlotFate.GAVE_UP:
                 shown = WorkerState.GAVE_UP
@@ -711,6 +766,7 @@ class Engine:
                     version=self._version(slot.generation),
                     restarts=slot.restarts,
                     last_exit=slot.last_exit,
+                    exit_reason=self._slot_exit.get(slot.index),
                 )
             )
         rollout = state.rollout
@@ -727,6 +783,7 @@ class Engine:
             reason=rollout.reason if rollout.verdict is Verdict.ABORTED else self._skipped,
             refused=self._refused,
             last_lines=self._abort_lines if rollout.verdict is Verdict.ABORTED else (),
+            exit_reason=self._rollout_exit() if rollout.verdict is Verdict.ABORTED else None,
         )
         return PoolStatus(
             name=name,
@@ -736,7 +793,19 @@ class Engine:
             workers=tuple(workers),
             rollout=rollout_status,
             draining=tuple(draining),
+            **self.exit_fields(),
         )
+
+    def exit_fields(self) -> dict[str, Any]:
+        """The exit tally and the last exits, for a `PoolStatus` (both modes)."""
+        return {
+            "exit_counts": tuple(sorted(self.exits.counts.items())),
+            "recent_exits": tuple(self.exits.recent),
+        }
+
+    def _rollout_exit(self) -> str | None:
+        failed = self._failed_candidate()
+        return self._exit_text(failed.pid) if failed is not None else None
 
     def _worker_status(
         self, proc: planner.Proc, worker: Worker | None, state: WorkerState
