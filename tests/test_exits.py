@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -158,9 +159,9 @@ def _memory_cgroup_parent() -> tuple[Path, str] | None:
                 continue
             here = Path(mount) / path.lstrip("/")
             parent = here.parent if path != "/" else here
-            if "memory" in (parent / "cgroup.subtree_control").read_text().split():
-                if os.access(parent, os.W_OK):
-                    return parent, "memory.max"
+            controls = (parent / "cgroup.subtree_control").read_text().split()
+            if "memory" in controls and os.access(parent, os.W_OK):
+                return parent, "memory.max"
         elif "memory" in controllers.split(","):
             here = Path("/sys/fs/cgroup/memory") / path.lstrip("/")
             if os.access(here, os.W_OK) and (here / "memory.limit_in_bytes").exists():
@@ -181,15 +182,10 @@ def memory_cgroup() -> Iterator[Path]:
         (group / limit).write_text(str(160 * 1024 * 1024))
     except OSError as error:
         pytest.skip(f"cannot create a memory cgroup under {parent}: {error.strerror}")
-    swappiness = group / "memory.swappiness"
-    if swappiness.exists():
-        try:
-            swappiness.write_text("0")
-        except OSError:
-            pass
-    swap = group / "memory.swap.max"
-    if swap.exists():
-        swap.write_text("0")
+    for name in ("memory.swappiness", "memory.swap.max"):  # the leak must not swap
+        if (group / name).exists():
+            with contextlib.suppress(OSError):
+                (group / name).write_text("0")
     yield group
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -213,7 +209,7 @@ def test_an_oom_kill_in_a_memory_limited_cgroup_is_named_oom_killed(
         "    hoard.append(bytearray(8 * 1024 * 1024))\n"
         "    time.sleep(0.005)\n"
     )
-    enter = f"echo $$ > {memory_cgroup}/cgroup.procs && exec \"$@\""
+    enter = f'echo $$ > {memory_cgroup}/cgroup.procs && exec "$@"'
     argv = ["sh", "-c", enter, "sh", sys.executable, "-m", "launcher"]
     argv += ["--ready", "started", "--restart", "never", str(agent)]
     env = {**cli_env, "AGENT_RUN_LOG_FORMAT": "json"}
