@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     import anyio.abc
 
-    from launcher.ops.status import PoolStatus
+    from launcher.ops.status import PoolStatus, StatusBoard
     from launcher.plan import Plan
     from launcher.process.notify_socket import NotifySocket
     from launcher.supervision.engine import Engine
@@ -107,7 +107,7 @@ async def run(
         if plan.code_dir is not None:
             tg.start_soon(_watch_code, plan.code_dir, mode, log)
         if plan.run_dir is not None:
-            tg.start_soon(_serve_control, plan, mode, log)
+            tg.start_soon(_serve_control, plan, mode, log, board)
         if health_socket is not None:
             from launcher.ops.health import create_app
             from launcher.ops.http_server import serve_asgi
@@ -180,7 +180,7 @@ async def _watch_code(directory: Path, mode: Mode, log: Log) -> None:
         mode.code_changed()
 
 
-async def _serve_control(plan: Plan, mode: Mode, log: Log) -> None:
+async def _serve_control(plan: Plan, mode: Mode, log: Log, board: StatusBoard) -> None:
     from pathlib import Path
 
     import anyio
@@ -191,9 +191,11 @@ async def _serve_control(plan: Plan, mode: Mode, log: Log) -> None:
     async def reload() -> dict[str, object]:
         return await mode.reload("agent-run reload")
 
-    handlers = control.Handlers(
-        status=mode.control_status, reload=reload, extra=mode.control_extra()
-    )
+    from launcher.ops.census import CensusService
+
+    census = CensusService(mode.engine.census, plan.secret_set, board)
+    extra = {**mode.control_extra(), "census": census.answer}
+    handlers = control.Handlers(status=mode.control_status, reload=reload, extra=extra)
     assert plan.run_dir is not None
     try:
         async with control.serving(Path(plan.run_dir), plan.name, handlers) as path:

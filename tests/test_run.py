@@ -335,7 +335,8 @@ def test_no_secret_value_in_any_launcher_output(cli: CLI) -> None:
     )  # fmt: skip
     output = result.stdout + result.stderr
     assert result.returncode == 1, output  # the slot gave up after its restart
-    assert output.count("cannot authenticate with ***") == 2
+    # Each run printed it (masked); an exit before READY=1 was seen repeats its last lines.
+    assert output.count("cannot authenticate with ***") >= 2
     assert "stdout ***" in result.stdout and "stderr ***" in result.stderr
     for form in (
         value,

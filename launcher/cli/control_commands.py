@@ -204,11 +204,19 @@ def format_session_status(status: dict[str, Any]) -> str:
     rollout = status.get("rollout") or {}
     if rollout.get("reason"):
         lines.append(f"last update: {rollout['state']}: {rollout['reason']}")
-    lines += format_exits(status)
+    lines += format_census(status) + format_exits(status)
     return "\n".join(lines)
 
 
 SHOWN_EXITS = 5
+
+
+def format_census(status: dict[str, Any]) -> list[str]:
+    """`processes by secrets version: v2: 2 ready; v1: 1 draining` (ops/census.py)."""
+    from launcher.ops.census import describe, from_data
+
+    census = from_data(status.get("census", []))
+    return [f"processes by secrets version: {describe(census)}"] if census else []
 
 
 def format_exits(status: dict[str, Any]) -> list[str]:
@@ -296,7 +304,7 @@ def format_status(status: dict[str, Any]) -> str:
     if rollout.get("reason") and rollout["state"] != "aborted":
         # A later update that never started (an older file refused, a damaged set, #12).
         lines.append(f"update skipped: {rollout['reason']}")
-    lines += format_exits(status)
+    lines += format_census(status) + format_exits(status)
     return "\n".join(lines)
 
 

@@ -46,6 +46,7 @@ COMMANDS = frozenset(
         ("secrets", "describe"),
         ("secrets", "rollback"),
         ("secrets", "delete"),
+        ("secrets", "retired"),
         ("key", "init"),
         ("key", "rotate"),
         ("platform", "set"),
@@ -291,6 +292,11 @@ def build_parser(only: tuple[str, str] | None = None) -> argparse.ArgumentParser
         delete.add_argument("set", metavar="SET")
         delete.add_argument("--yes", action="store_true", help="do not ask for confirmation")
         _store_options(delete)
+
+    if want("secrets", "retired"):
+        from launcher.cli.retired_command import add_parser
+
+        add_parser(commands)
 
     key = groups.add_parser("key", help="create or rotate the master key")
     key_commands = key.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
@@ -897,6 +903,12 @@ def cmd_platform_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_secrets_retired(args: argparse.Namespace) -> int:
+    from launcher.cli.retired_command import run
+
+    return run(args)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) >= 2 and argv[1] == "set" and argv[0] in ("secrets", "platform"):
         options, pairs = split_tokens(argv[2:])
@@ -912,6 +924,7 @@ def main(argv: list[str]) -> int:
         ("secrets", "describe"): cmd_secrets_describe,
         ("secrets", "rollback"): cmd_secrets_rollback,
         ("secrets", "delete"): cmd_secrets_delete,
+        ("secrets", "retired"): cmd_secrets_retired,
         ("key", "init"): cmd_key_init,
         ("key", "rotate"): cmd_key_rotate,
         ("platform", "show"): cmd_platform_show,

@@ -160,6 +160,26 @@ class _StatusCollector:
         for kind in ExitKind:  # zeros too, so alerts can use rate()
             exits.add_metric([kind.value], counted.get(kind.value, 0))
         yield exits
+        processes = GaugeMetricFamily(
+            "agent_run_processes",
+            "Processes (and slots waiting to restart: state pending) by the secrets version "
+            "they hold and their state.",
+            labels=["secrets_version", "state"],
+        )
+        for entry in status.census if status else ():
+            label = str(entry.version) if entry.version is not None else "none"
+            processes.add_metric([label, entry.state], entry.processes)
+        yield processes
+        oldest = GaugeMetricFamily(
+            "agent_run_secrets_version_oldest",
+            "The oldest secrets version any process of this launcher (or a slot waiting to "
+            "restart) holds: an older key is retired here once this is above its version.",
+            labels=["set"],
+        )
+        held = [e.version for e in status.census if e.version is not None] if status else []
+        if status is not None and status.secret_set is not None and held:
+            oldest.add_metric([status.secret_set], min(held))
+        yield oldest
         if self._sessions_active is not None:
             active = GaugeMetricFamily("agent_run_sessions_active", "Sessions running now.")
             active.add_metric([], self._sessions_active())

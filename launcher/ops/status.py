@@ -56,6 +56,14 @@ class RolloutStatus(NamedTuple):
     exit_reason: str | None = None  # why the failed replacement ended (supervision/exits.py)
 
 
+class CensusEntry(NamedTuple):
+    """How many processes hold one secrets version in one state (ops/census.py)."""
+
+    version: int | None  # None: no secret set bound
+    state: str  # starting, ready, draining, pending; warming, warm, retiring, session
+    processes: int
+
+
 class ExitRecord(NamedTuple):
     """One process's exit, as `status` lists it (supervision/exits.py classifies)."""
 
@@ -78,6 +86,7 @@ class PoolStatus(NamedTuple):
     draining: tuple[WorkerStatus, ...] = ()  # retired workers still finishing their work
     exit_counts: tuple[tuple[str, int], ...] = ()  # exits since start, by reason
     recent_exits: tuple[ExitRecord, ...] = ()  # the last few, oldest first
+    census: tuple[CensusEntry, ...] = ()  # processes by secrets version and state
 
     @property
     def ready_on_current(self) -> int:

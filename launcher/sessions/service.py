@@ -741,4 +741,5 @@ def _exits_as_data(fields: dict[str, Any]) -> dict[str, Any]:
     return {
         "exit_counts": dict(fields["exit_counts"]),
         "recent_exits": [record._asdict() for record in fields["recent_exits"]],
+        "census": [entry._asdict() for entry in fields["census"]],
     }

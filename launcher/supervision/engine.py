@@ -25,6 +25,7 @@ from launcher.config import RestartPolicy, RunConfig
 from launcher.environment import EnvironmentLayers
 from launcher.errors import LauncherError, VersionRegression
 from launcher.ops.status import (
+    CensusEntry,
     PoolStatus,
     RolloutState,
     RolloutStatus,
@@ -797,11 +798,42 @@ class Engine:
         )
 
     def exit_fields(self) -> dict[str, Any]:
-        """The exit tally and the last exits, for a `PoolStatus` (both modes)."""
+        """The exit tally, the last exits and the census, for a `PoolStatus` (both modes)."""
         return {
             "exit_counts": tuple(sorted(self.exits.counts.items())),
             "recent_exits": tuple(self.exits.recent),
+            "census": self.census(),
         }
+
+    def census(self) -> tuple[CensusEntry, ...]:
+        """Which secrets version each process holds, by state (ops/census.py).
+
+        A slot waiting to restart (backoff) holds its committed version too: its next worker
+        will run it. Sessions hold theirs until their process is reaped.
+        """
+        from collections import Counter
+
+        warm = self.spec.kind == "channel"  # session mode: the slots are warm processes
+        names = {
+            Phase.STARTING: "warming" if warm else "starting",
+            Phase.READY: "warm" if warm else "ready",
+            Phase.STOPPING: "retiring" if warm else "draining",
+        }
+        state = self.state
+        counts: Counter[tuple[int | None, str]] = Counter()
+        for proc in state.procs:
+            counts[(self._version(proc.generation), names[proc.phase])] += 1
+        for proc in state.sessions:
+            counts[(self._version(proc.generation), "session")] += 1
+        if state.accepting:
+            for slot in state.slots:
+                live = any(
+                    p.slot == slot.index and p.phase is not Phase.STOPPING for p in state.procs
+                )
+                if slot.fate is SlotFate.ACTIVE and not live:
+                    counts[(self._version(slot.generation), "pending")] += 1
+        ordered = sorted(counts.items(), key=lambda item: (-(item[0][0] or 0), item[0][1]))
+        return tuple(CensusEntry(version, name, n) for (version, name), n in ordered)
 
     def _rollout_exit(self) -> str | None:
         failed = self._failed_candidate()
