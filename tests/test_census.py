@@ -86,6 +86,7 @@ def test_census_across_a_rollout_with_a_draining_worker(
         metrics = response.read().decode()
     assert 'agent_run_processes{secrets_version="1",state="draining"} 1.0' in metrics
     assert 'agent_run_processes{secrets_version="2",state="ready"} 1.0' in metrics
+    assert 'agent_run_secrets_version_oldest{set="prod"} 1.0' in metrics
     held = cli("secrets", "retired", "prod", "1")
     assert held.returncode == 1
     assert re.search(r"v1 is still held: launcher prod \(pid \d+\): .*v1: 1 draining", held.stderr)
