@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 import urllib.request
@@ -201,9 +200,11 @@ def test_an_oom_kill_in_a_memory_limited_cgroup_is_named_oom_killed(
 ) -> None:
     """A worker the kernel's OOM killer ends is `oom-killed (cgroup)`, not "exited 137"."""
     agent = tmp_path / "leak.py"
+    trigger = tmp_path / "leak-now"
     agent.write_text(
-        "import time\n"
-        "time.sleep(1)  # serves a while, then leaks\n"
+        "import os, time\n"
+        f"while not os.path.exists({str(trigger)!r}):  # serves a while, then leaks\n"
+        "    time.sleep(0.02)\n"
         "hoard = []\n"
         "while True:\n"
         "    hoard.append(bytearray(8 * 1024 * 1024))\n"
@@ -211,11 +212,13 @@ def test_an_oom_kill_in_a_memory_limited_cgroup_is_named_oom_killed(
     )
     enter = f'echo $$ > {memory_cgroup}/cgroup.procs && exec "$@"'
     argv = ["sh", "-c", enter, "sh", sys.executable, "-m", "launcher"]
-    argv += ["--ready", "started", "--restart", "never", str(agent)]
-    env = {**cli_env, "AGENT_RUN_LOG_FORMAT": "json"}
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 137, done.stderr  # exec-like: the child's own status
-    events = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
-    exits = [e for e in events if e.get("event") == "worker_exited"]
-    assert exits, done.stderr
-    assert exits[0]["code"] == 137 and exits[0]["reason"] == "oom-killed (cgroup)", exits
+    argv += ["--ready", "started", "--ready-delay", "0", "--restart", "never", str(agent)]
+    launcher = Launcher(argv, {**cli_env, "AGENT_RUN_LOG_FORMAT": "json"}, tmp_path)
+    try:
+        launcher.wait_event("worker_ready")  # tracked by the engine: its cgroup is known
+        trigger.touch()
+        exited = launcher.wait_event("worker_exited", timeout=120)
+        assert exited["code"] == 137 and exited["reason"] == "oom-killed (cgroup)", exited
+        assert launcher.wait(timeout=60) == 137  # exec-like: the child's own status
+    finally:
+        launcher.stop()
