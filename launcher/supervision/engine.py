@@ -175,7 +175,7 @@ class Engine:
         record = self.exits.exited(
             pid,
             status,
-            stop_sent=worker.stop_sent,
+            stop_sent=worker.stop_sent or worker.interrupted,  # Ctrl-C: the user's stop
             started=worker.started_monotonic,
             slot=worker.slot,
             version=worker.version,
