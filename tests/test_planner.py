@@ -28,10 +28,15 @@ from launcher.supervision.planner import Phase, SlotFate, Verdict
 
 READY_TIMEOUT = 5.0
 DRAIN = 20.0
+AGE = 30.0  # recycling limits, when the example recycles
+MEMORY = 1000
+CALLS = 3
 
 
 class PoolModel(RuleBasedStateMachine):
     """A pool whose processes do whatever hypothesis says; the planner must keep its promises."""
+
+    ALWAYS_RECYCLE = False
 
     @initialize(
         size=st.integers(1, 3),
@@ -39,6 +44,7 @@ class PoolModel(RuleBasedStateMachine):
         restart=st.sampled_from(list(RestartPolicy)),
         max_restarts=st.sampled_from([None, 2]),
         sessions=st.booleans(),
+        recycle=st.booleans(),
     )
     def start(
         self,
@@ -47,8 +53,11 @@ class PoolModel(RuleBasedStateMachine):
         restart: RestartPolicy,
         max_restarts: int | None,
         sessions: bool,
+        recycle: bool,
     ) -> None:
         self.session_mode = sessions
+        recycle = recycle or self.ALWAYS_RECYCLE
+        self.worn_stopped_alone: list[int] = []  # worn workers stopped with no ready sibling
         self.end_requested: set[int] = set()
         self.stopped_sessions: list[tuple[int, bool]] = []  # (pid, allowed)
         if sessions:  # session mode: the slots are warm processes, replaced all at once
@@ -63,6 +72,9 @@ class PoolModel(RuleBasedStateMachine):
             ready_timeout=READY_TIMEOUT,
             drain_timeout=DRAIN,
             failed_grace=2.0,
+            max_age=AGE if recycle else None,
+            max_memory=MEMORY if recycle else None,
+            max_calls=CALLS if recycle else None,
         )
         self.now = 0.0
         self.state = planner.initial(self.settings, 1)
@@ -97,8 +109,24 @@ class PoolModel(RuleBasedStateMachine):
                             self.shutdown_began or action.pid in self.end_requested or timed_out
                         )
                         self.stopped_sessions.append((action.pid, allowed))
+                    self.check_ready_first(proc)
                 self.apply(action)
         raise AssertionError("the planner never settles")
+
+    def check_ready_first(self, proc: planner.Proc | None) -> None:
+        """A worn worker is stopped only once another process of its slot is ready."""
+        if proc is None or proc.worn is None or proc.phase is not Phase.READY:
+            return
+        slot = self.state.slots[proc.slot]
+        if not self.state.accepting or slot.fate is not SlotFate.ACTIVE:
+            return
+        if self.settings.surge <= 0:
+            return  # singleton: stop-first by design
+        if not any(
+            p.slot == proc.slot and p.pid != proc.pid and p.phase is Phase.READY
+            for p in self.state.procs
+        ):
+            self.worn_stopped_alone.append(proc.pid)
 
     def apply(self, action: planner.Action) -> None:
         if isinstance(action, planner.Start):
@@ -194,11 +222,24 @@ class PoolModel(RuleBasedStateMachine):
         self.generation += 1
         self.step(planner.NewTarget(self.generation, self.now), may_lose_capacity=False)
 
-    @rule(seconds=st.sampled_from([0.05, 1.0, READY_TIMEOUT, DRAIN, 61.0]))
+    @rule(seconds=st.sampled_from([0.05, 1.0, READY_TIMEOUT, DRAIN, AGE, 61.0]))
     def time_passes(self, seconds: float) -> None:
         """Backoffs end, readiness timeouts and drain deadlines pass."""
         self.now += seconds
         self.step(planner.Ready(-1, self.now), may_lose_capacity=False)
+
+    @precondition(lambda self: any(p.phase is Phase.READY for p in self.state.procs))
+    @rule(data=st.data(), memory=st.sampled_from([10, MEMORY + 1]))
+    def memory_is_sampled(self, data: st.DataObject, memory: int) -> None:
+        """The engine's periodic measure of a worker's process group."""
+        proc = data.draw(st.sampled_from(self.procs(Phase.READY)))
+        self.step(planner.Sample(proc.pid, memory, self.now), may_lose_capacity=False)
+
+    @precondition(lambda self: any(p.phase is Phase.READY for p in self.state.procs))
+    @rule(data=st.data())
+    def a_call_is_done(self, data: st.DataObject) -> None:
+        proc = data.draw(st.sampled_from(self.procs(Phase.READY)))
+        self.step(planner.WorkDone(proc.pid, self.now), may_lose_capacity=False)
 
     @rule()
     def term(self) -> None:
@@ -288,8 +329,31 @@ class PoolModel(RuleBasedStateMachine):
                 if p.slot == slot.index and p.phase is not Phase.STOPPING
             ]
             committed = [p for p in live if p.generation == slot.generation]
-            assert len(committed) <= 1
+            fresh = [p for p in committed if p.worn is None]  # a worn one awaits its successor
+            assert len(fresh) <= 1
             assert len(live) - len(committed) <= 1
+
+    @invariant()
+    def a_worn_worker_drains_only_after_its_successor_is_ready(self) -> None:
+        assert self.worn_stopped_alone == []
+
+    @invariant()
+    def recycling_goes_surge_slots_at_a_time(self) -> None:
+        recycling = 0
+        for slot in self.state.slots:
+            live = [
+                p
+                for p in self.state.procs
+                if p.slot == slot.index and p.phase is not Phase.STOPPING
+            ]
+            fresh = [
+                p
+                for p in live
+                if p.phase is Phase.STARTING and p.generation == slot.generation and not p.worn
+            ]
+            if any(p.worn for p in live) and fresh:
+                recycling += 1
+        assert recycling <= max(1, self.settings.surge)
 
     @invariant()
     def the_newest_target_wins(self) -> None:
@@ -328,6 +392,21 @@ PoolModel.TestCase.settings = settings(
 test_pool_model = PoolModel.TestCase
 
 
+class RecyclingModel(PoolModel):
+    """The same model with recycling limits always set: worn workers, fresh ones, drains."""
+
+    ALWAYS_RECYCLE = True
+
+
+RecyclingModel.TestCase.settings = settings(
+    max_examples=100,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+test_recycling_model = RecyclingModel.TestCase
+
+
 def _ready_pool(size: int, surge: int = 1) -> tuple[planner.PoolState, list[int]]:
     state = planner.initial(planner.Settings(size=size, surge=surge), 1)
     pids = []
@@ -339,6 +418,64 @@ def _ready_pool(size: int, surge: int = 1) -> tuple[planner.PoolState, list[int]
         state, _ = planner.observe(state, planner.Ready(pid, 0.0))
         pids.append(pid)
     return planner.plan(state, 0.0).state, pids
+
+
+def _recycling_pool(size: int, surge: int = 1) -> tuple[planner.PoolState, list[int]]:
+    settings = planner.Settings(size=size, surge=surge, max_memory=MEMORY, max_age=AGE)
+    state = planner.initial(settings, 1)
+    pids = []
+    result = planner.plan(state, 0.0)
+    state = result.state
+    for pid, action in enumerate(result.actions, start=10):
+        assert isinstance(action, planner.Start)
+        state, _ = planner.observe(state, planner.Started(pid, action.slot, action.lane, 1, 0.0))
+        state, _ = planner.observe(state, planner.Ready(pid, 0.0))
+        pids.append(pid)
+    return planner.plan(state, 0.0).state, pids
+
+
+def test_a_worker_over_its_memory_limit_is_replaced_ready_first_then_drained() -> None:
+    """Over --max-worker-memory: a fresh worker of the same version starts; the worn one gets its stop signal only once it is ready."""
+    state, (old,) = _recycling_pool(1)
+    state, _ = planner.observe(state, planner.Sample(old, MEMORY + 1, 1.0))
+    result = planner.plan(state, 1.0)
+    assert result.actions == (planner.Start(0, 1, 1),)  # same generation, another lane
+    assert result.notes.recycling == ((0, old, "memory"),)
+    state, _ = planner.observe(result.state, planner.Started(20, 0, 1, 1, 1.0))
+    assert planner.plan(state, 2.0).actions == ()  # the worn worker serves meanwhile
+    state, _ = planner.observe(state, planner.Ready(20, 2.0))
+    result = planner.plan(state, 2.0)
+    assert result.actions == (planner.Stop(old),)
+    assert result.state.proc(old).stop_deadline == 2.0 + planner.Settings(1).drain_timeout  # type: ignore[union-attr]
+    state, _ = planner.observe(result.state, planner.Exited(old, 0, 3.0, 0.5))
+    result = planner.plan(state, 3.0)
+    assert result.actions == () and result.state.slots[0].restarts == 0
+
+
+def test_a_pool_recycles_by_age_one_slot_at_a_time_spread_by_jitter() -> None:
+    """Workers started together come due at different times, and only `surge` are replaced at once."""
+    state, pids = _recycling_pool(3)
+    dues = {pid: planner._age_limit(state, state.proc(pid)) for pid in pids}  # type: ignore[arg-type]
+    assert len(set(dues.values())) == 3 and all(AGE * 0.9 <= d <= AGE for d in dues.values())  # type: ignore[operator]
+    result = planner.plan(state, AGE)
+    assert [type(a) for a in result.actions] == [planner.Start]
+    assert result.wake_at is None or result.wake_at > AGE
+
+
+def test_a_fresh_worker_that_fails_leaves_the_worn_one_serving_with_a_backoff() -> None:
+    """The replacement of a worn worker crashes: no slot crash, the worn one keeps serving, retried after a backoff."""
+    state, (old,) = _recycling_pool(1)
+    state, _ = planner.observe(state, planner.Sample(old, MEMORY + 1, 1.0))
+    state = planner.plan(state, 1.0).state
+    state, _ = planner.observe(state, planner.Started(20, 0, 1, 1, 1.0))
+    state, _ = planner.observe(state, planner.Exited(20, 1, 1.5, 0.0))
+    result = planner.plan(state, 1.5)
+    assert result.actions == ()
+    assert result.state.slots[0].recycle_at is not None and result.state.slots[0].restarts == 0
+    assert result.state.proc(old).phase is Phase.READY  # type: ignore[union-attr]
+    assert planner.plan(state, result.state.slots[0].recycle_at).actions == (  # type: ignore[arg-type]
+        planner.Start(0, 1, 1),
+    )
 
 
 def test_a_crash_during_a_rollout_waits_for_the_candidate() -> None:

@@ -22,6 +22,12 @@ Vocabulary:
   leaves its slot (which is refilled at once) and joins `sessions`, where rollouts never
   touch it: it ends when its session does, or is stopped by a request or by shutdown. A
   *burst* start is a process started for a waiting session when no warm one is ready.
+- a *worn* worker is over a recycling limit (`--max-worker-age`, `--max-worker-memory`,
+  `--max-worker-calls`): its slot gets a *fresh* process of the same generation, ready-first
+  like a rollout's candidate (stop-first when surge is 0), `surge` slots at a time; the worn
+  worker then drains like a retired one. Memory and calls are facts the engine reports
+  (`Sample`, `WorkDone`); the age limit is spread by up to RECYCLE_SPREAD per process, so
+  workers started together do not all come due at once.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from dataclasses import dataclass, field, replace
 
 from launcher.config import RestartPolicy
 from launcher.supervision import policy
+
+RECYCLE_SPREAD = 0.1  # an age limit is lowered by up to this fraction, per process
 
 
 class Phase(enum.Enum):
@@ -67,6 +75,10 @@ class Settings:
     # Session mode, at shutdown: a running session may finish within the drain; then it gets
     # the stop signal (which cancels its entrypoint) and this long before SIGKILL.
     session_grace: float = 5.0
+    # Recycling (None: no limit): seconds since start, bytes of the process group, calls.
+    max_age: float | None = None
+    max_memory: int | None = None
+    max_calls: int | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +94,8 @@ class Proc:
     killed: bool = False
     stop_wanted: bool = False  # a session asked to end (DELETE /sessions/{id})
     stop_at: float | None = None  # shutdown: a running session gets the stop signal then
+    worn: str | None = None  # over a recycling limit: "age", "memory", "calls"
+    calls: int = 0  # work done (X_AGENT_RUN_CALL_DONE=1 messages)
 
 
 @dataclass(frozen=True)
@@ -95,6 +109,8 @@ class Slot:
     restart_at: float | None = None  # backoff: start again at this time
     last_exit: int | None = None
     handover: bool = False  # surge 0: the old worker is being stopped before the new starts
+    recycle_failures: int = 0  # fresh processes in a row that failed to replace a worn one
+    recycle_at: float | None = None  # backoff: try a fresh process again at this time
 
 
 @dataclass(frozen=True)
@@ -184,6 +200,19 @@ class Exited:
 
 
 @dataclass(frozen=True)
+class Sample:
+    pid: int  # the memory of its process group (RSS or PSS), in bytes
+    memory: int
+    now: float
+
+
+@dataclass(frozen=True)
+class WorkDone:
+    pid: int  # one call (or job) finished: X_AGENT_RUN_CALL_DONE=1
+    now: float
+
+
+@dataclass(frozen=True)
 class Taken:
     pid: int  # a ready warm process was handed a session
     now: float
@@ -223,6 +252,8 @@ Event = (
     | Ping
     | Stopping
     | Exited
+    | Sample
+    | WorkDone
     | Taken
     | Burst
     | EndSession
@@ -270,6 +301,7 @@ class Notes:
     gave_up: tuple[int, ...] = ()  # slots
     crash_loop: tuple[tuple[int, int, float], ...] = ()  # (slot, failures, delay)
     committed: tuple[int, ...] = ()  # slots now on the target
+    recycling: tuple[tuple[int, int, str], ...] = ()  # (slot, worn pid, why): fresh one asked
 
 
 @dataclass(frozen=True)
@@ -354,6 +386,8 @@ def observe(state: PoolState, event: Event) -> tuple[PoolState, Notes]:
         return _with_slot(state, slot), notes
     if isinstance(event, Exited):
         return _exited(state, event)
+    if isinstance(event, Sample | WorkDone):
+        return _worn_by(state, event), notes
     if isinstance(event, StartFailed) and event.slot < 0:
         return replace(state, bursts=max(0, state.bursts - 1)), notes
     if isinstance(event, StartFailed):
@@ -385,6 +419,40 @@ def _with_slot(state: PoolState, slot: Slot) -> PoolState:
     return replace(state, slots=tuple(slot if s.index == slot.index else s for s in state.slots))
 
 
+def _worn_by(state: PoolState, event: Sample | WorkDone) -> PoolState:
+    """A memory sample or a finished call: the worker may now be over its limit."""
+    settings = state.settings
+    proc = next((p for p in state.procs if p.pid == event.pid), None)
+    if proc is None or proc.phase is not Phase.READY:
+        return state  # only a serving worker is recycled (never a session's process)
+    if isinstance(event, WorkDone):
+        proc = replace(proc, calls=proc.calls + 1)
+        if proc.worn is None and settings.max_calls and proc.calls >= settings.max_calls:
+            proc = replace(proc, worn="calls")
+    elif proc.worn is None and settings.max_memory and event.memory > settings.max_memory:
+        proc = replace(proc, worn="memory")
+    return _with_proc(state, proc)
+
+
+def _worn_sibling(state: PoolState, proc: Proc) -> bool:
+    """`proc` is a fresh process started to replace a worn worker of its slot."""
+    return proc.worn is None and any(
+        p.slot == proc.slot
+        and p.pid != proc.pid
+        and p.worn is not None
+        and p.phase is not Phase.STOPPING
+        and p.generation == proc.generation
+        for p in state.procs
+    )
+
+
+def _recycle_failed(state: PoolState, slot: Slot, now: float, jitter: float) -> PoolState:
+    """A fresh process died or missed readiness: the worn one keeps serving; retry later."""
+    failures = slot.recycle_failures + 1
+    delay = policy.restart_delay(failures, jitter)
+    return _with_slot(state, replace(slot, recycle_failures=failures, recycle_at=now + delay))
+
+
 def _exited(state: PoolState, event: Exited) -> tuple[PoolState, Notes]:
     if any(p.pid == event.pid for p in state.sessions):
         # A session's process: its session ended (or it failed to start). Nothing to refill.
@@ -393,6 +461,7 @@ def _exited(state: PoolState, event: Exited) -> tuple[PoolState, Notes]:
     proc = state.proc(event.pid)
     if proc is None:
         return state, Notes()  # an orphan, or a process already accounted for
+    original = state
     state = replace(state, procs=tuple(p for p in state.procs if p.pid != event.pid))
     slot = state.slots[proc.slot]
     committed = proc.generation == slot.generation
@@ -404,6 +473,8 @@ def _exited(state: PoolState, event: Exited) -> tuple[PoolState, Notes]:
     if proc.phase is Phase.STOPPING:
         # Drained, replaced, or stopped after a readiness miss (counted as a crash then).
         return state, Notes()
+    if committed and proc.phase is Phase.STARTING and _worn_sibling(original, proc):
+        return _recycle_failed(state, slot, event.now, event.jitter), Notes()
     if not committed:
         if proc.generation == state.target:
             # A candidate died before it was ready: the update is bad; old workers stay.
@@ -493,6 +564,9 @@ def plan(state: PoolState, now: float) -> Plan:
                     state = _abort(state, now, reason)
                     notes = replace(notes, rollout_finished=True)
             elif state.accepting and slot.fate is SlotFate.ACTIVE:
+                if _worn_sibling(state, replace(proc, phase=Phase.STARTING)):
+                    state = _recycle_failed(state, slot, now, _jitter(proc.pid))
+                    continue
                 state, more = _crashed(state, slot, 1, 0.0, now, _jitter(proc.pid))
                 notes = _merge(notes, more)
 
@@ -600,7 +674,12 @@ def plan(state: PoolState, now: float) -> Plan:
         state, advancing = _advance(state, now, actions)
         actions.extend(advancing)
 
-    # 10. Every slot ended (policy or give-up) and nothing runs: the pool is finished.
+    # 10. Worn workers are replaced: ready-first, `surge` slots at a time, then drained.
+    state, recycling, recycled = _recycle(state, now, actions)
+    actions.extend(recycling)
+    notes = replace(notes, recycling=recycled)
+
+    # 11. Every slot ended (policy or give-up) and nothing runs: the pool is finished.
     if (
         state.slots
         and all(s.fate is not SlotFate.ACTIVE for s in state.slots)
@@ -714,6 +793,89 @@ def _advance(state: PoolState, now: float, planned: list[Action]) -> tuple[PoolS
     return state, actions
 
 
+def _age_limit(state: PoolState, proc: Proc) -> float | None:
+    """When `proc` comes due for recycling by age (spread per process), or None."""
+    max_age = state.settings.max_age
+    if not max_age or proc.slot < 0:
+        return None
+    return proc.started + max_age * (1.0 - RECYCLE_SPREAD * _jitter(proc.pid))
+
+
+def _recycle(
+    state: PoolState, now: float, planned: list[Action]
+) -> tuple[PoolState, list[Action], tuple[tuple[int, int, str], ...]]:
+    settings = state.settings
+    if not (settings.max_age or settings.max_memory or settings.max_calls):
+        return state, [], ()
+    actions: list[Action] = []
+    recycled: list[tuple[int, int, str]] = []
+    for proc in state.procs:  # age is a fact of the clock: recorded here
+        due = _age_limit(state, proc)
+        if proc.phase is Phase.READY and proc.worn is None and due is not None and now >= due:
+            state = _with_proc(state, replace(proc, worn="age"))
+
+    def live(slot: Slot) -> list[Proc]:
+        return [
+            p
+            for p in state.procs
+            if p.slot == slot.index
+            and p.phase is not Phase.STOPPING
+            and p.generation == slot.generation
+        ]
+
+    # A fresh process is ready: the worn one drains (the stop signal once, never a kill).
+    for slot in state.slots:
+        procs = live(slot)
+        if any(p.worn is None and p.phase is Phase.READY for p in procs):
+            for old in [p for p in procs if p.worn is not None]:
+                state, stops = _stop(state, old, now, settings.drain_timeout)
+                actions.extend(stops)
+                state = _with_slot(
+                    state, replace(state.slots[slot.index], recycle_failures=0, recycle_at=None)
+                )
+    starting = {a.slot for a in [*planned, *actions] if isinstance(a, Start)}
+    busy = sum(
+        1
+        for s in state.slots
+        if s.handover
+        or (
+            any(p.worn is None and p.phase is Phase.STARTING for p in live(s))
+            and any(p.worn is not None for p in live(s))
+        )
+    )
+    budget = max(1, settings.surge) - busy
+    for slot in state.slots:
+        procs = live(slot)
+        worn = [p for p in procs if p.worn is not None and p.phase is Phase.READY]
+        if (
+            budget <= 0
+            or not worn
+            or slot.fate is not SlotFate.ACTIVE
+            or slot.handover
+            or slot.index in starting
+            or any(p.worn is None for p in procs)  # a fresh one is on its way
+            or (slot.generation != state.target and state.failed != state.target)  # rolling
+            or any(
+                p.slot == slot.index and p.generation != slot.generation
+                for p in state.procs
+                if p.phase is not Phase.STOPPING
+            )
+            or (slot.recycle_at is not None and now < slot.recycle_at)
+        ):
+            continue
+        if settings.surge <= 0:
+            # Singleton: the worn worker drains first; the fresh one starts once it is gone.
+            state = _with_slot(state, replace(slot, handover=True))
+            for proc in worn:
+                state, stops = _stop(state, proc, now, settings.drain_timeout)
+                actions.extend(stops)
+        else:
+            actions.append(Start(slot.index, _free_lane(state, slot.index), slot.generation))
+        recycled.append((slot.index, worn[0].pid, worn[0].worn or ""))
+        budget -= 1
+    return state, actions, tuple(recycled)
+
+
 def _next_deadline(state: PoolState) -> float | None:
     times: list[float] = []
     for proc in state.every_proc():
@@ -727,8 +889,12 @@ def _next_deadline(state: PoolState) -> float | None:
             times.append(proc.started + state.settings.ready_timeout)
         elif proc.phase is Phase.READY and state.settings.watchdog:
             times.append(proc.last_ping + state.settings.watchdog)
+        due = _age_limit(state, proc)
+        if proc.phase is Phase.READY and proc.worn is None and due is not None:
+            times.append(due)
     if state.accepting:
         times.extend(s.restart_at for s in state.slots if s.restart_at is not None)
+        times.extend(s.recycle_at for s in state.slots if s.recycle_at is not None)
     return min(times) if times else None
 
 
