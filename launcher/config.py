@@ -104,6 +104,10 @@ class RunConfig(NamedTuple):
     max_surge: int = 1  # 0 = singleton handover
     port_base: int | None = None
     grace_period: float | None = None  # the outer stop deadline (Kubernetes, docker stop -t)
+    # Recycling (worker mode): a worker over a limit is replaced ready-first, then drained.
+    max_worker_age: float | None = None  # seconds
+    max_worker_memory: int | None = None  # bytes of its process group (PSS, else RSS)
+    max_worker_calls: int | None = None  # X_AGENT_RUN_CALL_DONE=1 messages
     # Operations.
     name: str | None = None  # control socket name; default the bound set
     user: str | None = None  # --user USER[:GROUP]: workers run as it (launcher/privilege.py)

@@ -42,5 +42,10 @@ def notify_watchdog() -> bool:
     return notify("WATCHDOG=1")
 
 
+def notify_call_done() -> bool:
+    """One call (or job) finished: counted for `--max-worker-calls` recycling."""
+    return notify("X_AGENT_RUN_CALL_DONE=1")
+
+
 def notify_stopping() -> bool:
     return notify("STOPPING=1")

@@ -235,6 +235,14 @@ def format_exits(status: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _status_text(worker: dict[str, Any]) -> str:
+    """The worker's own STATUS= line, and whether it is being recycled (and why)."""
+    text = worker.get("status_text") or ""
+    if worker.get("recycling"):
+        text = f"{text} [recycling: {worker['recycling']}]".strip()
+    return text
+
+
 def _last_exit(worker: dict[str, Any]) -> str:
     """`137 oom-killed (cgroup)`: the code and why (supervision/exits.py)."""
     code, reason = worker.get("last_exit"), worker.get("exit_reason")
@@ -267,7 +275,7 @@ def format_status(status: dict[str, Any]) -> str:
                 str(w["restarts"]),
                 _last_exit(w),
                 str(w.get("port") or "-"),
-                w.get("status_text") or "",
+                _status_text(w),
             )
         )
     for w in status.get("draining", []):

@@ -106,6 +106,26 @@ def _seconds(text: str) -> float:
     return value
 
 
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def _size(text: str) -> int:
+    """Bytes, with an optional K, M, G or T suffix (powers of 1024; `Mi`, `MB` the same)."""
+    cleaned = text.strip().lower().removesuffix("b").removesuffix("i")
+    unit = cleaned[-1:] if cleaned[-1:] in _SIZE_UNITS else ""
+    value = float(cleaned[: len(cleaned) - len(unit)])
+    if not value > 0 or value == float("inf"):
+        raise ValueError(text)
+    return int(value * _SIZE_UNITS[unit])
+
+
+def _positive_seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise ValueError(text)
+    return value
+
+
 def _signal(text: str) -> signal.Signals:
     name = text.upper()
     name = name if name.startswith("SIG") else "SIG" + name
@@ -244,6 +264,33 @@ OPTIONS: tuple[Option, ...] = (
         "seconds a stopped worker may drain before its process group is SIGKILLed (the default "
         "leaves a LiveKit worker its 3600 s drain and its shutdown)",
         "S",
+    ),
+    Option(
+        "--max-worker-age",
+        "max_worker_age",
+        _positive_seconds,
+        None,
+        "recycle a worker after S seconds (each comes due up to 10%% earlier, so a pool does "
+        "not recycle at once): a fresh one starts, then the old one drains like a rollout's",
+        "S",
+    ),
+    Option(
+        "--max-worker-memory",
+        "max_worker_memory",
+        _size,
+        None,
+        "recycle a worker whose process group uses more than SIZE (PSS where readable, else "
+        "RSS; e.g. 512M, 2G), measured every few seconds; replaced ready-first, then drained",
+        "SIZE",
+    ),
+    Option(
+        "--max-worker-calls",
+        "max_worker_calls",
+        _positive_int,
+        None,
+        "recycle a worker after N calls, counted by the X_AGENT_RUN_CALL_DONE=1 notify "
+        "message it sends per call (launcher.sd_notify.notify_call_done)",
+        "N",
     ),
     Option(
         "--stop-signal",

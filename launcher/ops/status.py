@@ -40,6 +40,8 @@ class WorkerStatus(NamedTuple):
     port: int | None = None  # AGENT_RUN_PORT of this process (--port-base)
     status_text: str | None = None  # the worker's own STATUS= line (sd_notify)
     exit_reason: str | None = None  # why its last process ended (supervision/exits.py)
+    recycling: str | None = None  # over a recycling limit: "age", "memory" or "calls"
+    memory: int | None = None  # bytes of its process group, last sampled (--max-worker-memory)
 
 
 class RolloutStatus(NamedTuple):

@@ -192,7 +192,7 @@ def _sweep_into(cgroup: str, exclude: int) -> None:
     _move(cgroup, [me])
     moved = {me}
     for _ in range(SCAN_ROUNDS):
-        found = [pid for pid in _descendants(me) if pid not in moved and pid != exclude]
+        found = [pid for pid in descendants(me) if pid not in moved and pid != exclude]
         if not found:
             return
         _move(cgroup, found)
@@ -207,7 +207,7 @@ def _remove_cgroup(path: str) -> None:
 # --- /proc ---------------------------------------------------------------------------------
 
 
-def _stat(pid: str) -> tuple[int, int, int] | None:
+def process_stat(pid: str) -> tuple[int, int, int] | None:
     """(ppid, pgid, sid) of a running process; None if it is gone or a zombie."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
@@ -222,7 +222,7 @@ def _stat(pid: str) -> tuple[int, int, int] | None:
 def _processes() -> dict[int, tuple[int, int, int]]:
     found = {}
     for name in os.listdir("/proc"):
-        if name.isdigit() and (stat := _stat(name)) is not None:
+        if name.isdigit() and (stat := process_stat(name)) is not None:
             found[int(name)] = stat
     return found
 
@@ -243,7 +243,7 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _descendants(root: int) -> list[int]:
+def descendants(root: int) -> list[int]:
     """Every descendant of `root`: walked down from it (a few small files), or, on a kernel
     without CONFIG_PROC_CHILDREN, from a full scan of /proc (tens of ms on a busy host)."""
     children_of: Callable[[int], list[int]] = _children

@@ -73,6 +73,9 @@ def settings_from(config: RunConfig, spec: ReadySpec) -> planner.Settings:
         failed_grace=min(config.drain_timeout, 10.0),
         watchdog=config.watchdog if spec.kind == "notify" else None,
         exec_like=config.workers == 1 and config.restart is RestartPolicy.NEVER,
+        max_age=config.max_worker_age,
+        max_memory=config.max_worker_memory,
+        max_calls=config.max_worker_calls,
     )
 
 
@@ -128,6 +131,7 @@ class Engine:
         self._early_collisions: list[tuple[Worker, int]] = []
         self.exits = ExitLedger(config.stop_signal)  # why processes ended (exits.py)
         self._slot_exit: dict[int, str] = {}  # slot -> why its own worker last ended
+        self.memory: dict[int, int] = {}  # pid -> bytes of its process group, last sampled
         if isinstance(factory, WorkerFactory):  # session mode's factory reports nothing
             self._early_collisions += factory.early_collisions
             factory.on_port_collision = self._port_collision
@@ -162,6 +166,7 @@ class Engine:
     def _reaped(self, worker: Worker, status: int) -> None:
         pid = worker.pid
         self.workers.pop(pid, None)
+        self.memory.pop(pid, None)
         self._exited = [*self._exited[-(2 * self.config.workers + 2) :], worker]
         worker.reaped(status)
         if worker.interrupted:  # the terminal's Ctrl-C reached our foreground worker
@@ -224,6 +229,8 @@ class Engine:
             self.post(planner.Ready(worker.pid, now))
         if fields.get("WATCHDOG") == "1":
             self.post(planner.Ping(worker.pid, now))
+        if fields.get("X_AGENT_RUN_CALL_DONE") == "1":
+            self.post(planner.WorkDone(worker.pid, now))
         if fields.get("STOPPING") == "1":
             self.log("worker_stopping_itself", slot=worker.slot, pid=worker.pid)
             self.post(planner.Stopping(worker.pid, now))
@@ -391,6 +398,10 @@ class Engine:
             for worker in list(self.workers.values()):
                 self._attach(worker)
             tg.start_soon(self._serve_reloads, load)
+            if self.state.settings.max_memory:
+                from launcher.supervision.recycling import sample_memory
+
+                tg.start_soon(sample_memory, self)
             self.reap()
             task_status.started()
             code = await self._drive()
@@ -596,6 +607,17 @@ class Engine:
                 from_version=self._version(rollout.from_generation),
                 to_version=self._version(rollout.to_generation),
                 workers=self.config.workers,
+            )
+        for slot, pid, why in notes.recycling:
+            proc = self.state.proc(pid)
+            self.log(
+                "worker_recycling",
+                slot=slot,
+                pid=pid,
+                reason=why,
+                age=round(self.clock() - proc.started, 1) if proc is not None else None,
+                memory=self.memory.get(pid),
+                calls=proc.calls if proc is not None else None,
             )
         for slot in notes.committed:
             self.log("worker_replaced", slot=slot, version=self._version(self.state.target))
@@ -850,4 +872,6 @@ class Engine:
             started_at=worker.started_at if worker is not None else None,
             port=worker.port if worker is not None else None,
             status_text=worker.status_text if worker is not None else None,
+            recycling=proc.worn,
+            memory=self.memory.get(proc.pid),
         )
