@@ -4,10 +4,11 @@ Run: python bench/census.py [--rounds 10] [--workers 2]
 
 A launcher runs `--workers` drain-holding workers (tests/agents/caller.py: after the stop
 signal each keeps its call until the bench releases it). Each round sets a new version, waits
-until the rollout left the old workers draining, starts `agent-run secrets retired SET V
---wait`, releases the old workers' calls and measures the time from the last old worker's
-exit (its own clock, just before it exits) to the command's return. Baseline, same rounds:
-`secrets retired SET V` without --wait, polled every 0.5 s, as a script without --wait would.
+until the rollout left the old workers draining, asks whether the old version is retired,
+releases the old workers' calls and measures the time from the last old worker's exit (its
+own clock, just before it exits) to the launcher's answer on its control socket: the
+`census` request `secrets retired --wait` sends, made in-process so that CLI start-up is not
+measured. Baseline, same rounds: the same request without `wait`, polled every 0.5 s.
 
 Then the cost of one memory sample of a worker's process group (process/memory.py: PSS from
 smaps_rollup), beside reading RSS only (statm), per process.
@@ -46,24 +47,39 @@ def census(env: dict[str, str]) -> list[dict[str, object]]:
 
 
 def one_round(env: dict[str, str], calls: Path, version: int, wait: bool) -> float:
-    """Seconds from the last old worker's exit to `retired` saying so."""
-    subprocess.run([*AGENT_RUN, "secrets", "set", "prod", f"K=v{version + 1}"], env=env, check=True)
+    """Seconds from the last old worker's exit to the launcher saying it is retired."""
+    import threading
+
+    from launcher.ops import control
+
+    subprocess.run(
+        [*AGENT_RUN, "secrets", "set", "prod", f"K=v{version + 1}"],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     wait_for(lambda: any(c["state"] == "draining" for c in census(env)))
     wait_for(lambda: all(c["state"] != "starting" for c in census(env)))
     old = [p for p in calls.glob("*.json") if json.loads(p.read_text())["version"] == str(version)]
-    argv = [*AGENT_RUN, "secrets", "retired", "prod", str(version)]
-    waiting = subprocess.Popen([*argv, "--wait"], env=env) if wait else None
+    sock = control.socket_path(Path(env["AGENT_RUN_HOME"]) / "run", "prod")
+    answered: list[float] = []
+
+    def ask() -> None:
+        if wait:  # one request that the launcher answers once it holds no old version
+            control.request(sock, "census", timeout=120, set="prod", retired=version, wait=60)
+        else:  # a client without the wait: ask every 0.5 s
+            while not control.request(sock, "census", set="prod", retired=version)["retired"]:
+                time.sleep(0.5)
+        answered.append(time.time())
+
+    asking = threading.Thread(target=ask)
+    asking.start()
+    time.sleep(0.2)  # the request is in before the calls end
     for report in old:
         (calls / f"release-{report.stem}").touch()
-    if waiting is not None:
-        waiting.wait()
-        answered = time.time()
-    else:
-        while subprocess.run(argv, env=env, capture_output=True).returncode != 0:
-            time.sleep(0.5)
-        answered = time.time()
+    asking.join()
     ends = [json.loads((calls / f"{p.stem}.end").read_text())["ended"] for p in old]
-    return answered - max(ends)
+    return answered[0] - max(ends)
 
 
 def main() -> None:
