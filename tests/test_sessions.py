@@ -404,6 +404,7 @@ def test_status_shows_warm_processes_and_sessions(serve: Callable[..., Server], 
     server.launcher.wait_event("session_ended", session=answer["id"])
 
 
+@pytest.mark.timeout(600)  # 40 updates and cold starts: over 120 s at load 30 beside CPU hogs
 def test_updates_racing_the_watch_never_fail_a_session(
     serve: Callable[..., Server], cli: CLI
 ) -> None:
