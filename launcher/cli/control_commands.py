@@ -134,7 +134,7 @@ def _sessions(args: argparse.Namespace, path: Path) -> int:
     if action == "start":
         try:
             fields["body"] = json.loads(args.body)
-        except ValueError as error:
+        except (ValueError, RecursionError) as error:  # RecursionError: nested too deep
             from launcher.errors import InvalidInput
 
             raise InvalidInput(f"--body is not valid JSON: {error}") from None

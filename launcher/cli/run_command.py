@@ -198,7 +198,15 @@ OPTIONS: tuple[Option, ...] = (
         "directory $AGENT_RUN_FILES; repeatable (toml: render = [...]; env: comma-separated)",
         "TEMPLATE:DEST",
     ),
-    Option("--workers", "workers", _positive_int, 1, "number of worker processes", "N"),
+    Option(
+        "--workers",
+        "workers",
+        _positive_int,
+        1,
+        "number of worker processes: at most 32 per CPU, and at most half the process limit "
+        "(ulimit -u) when one applies",
+        "N",
+    ),
     Option(
         "--restart",
         "restart",
@@ -373,7 +381,8 @@ OPTIONS: tuple[Option, ...] = (
         "idle",
         _non_negative_int,
         1,
-        "session mode: processes kept pre-warmed (agent imported) waiting for a session",
+        "session mode: processes kept pre-warmed (agent imported) waiting for a session; "
+        "bounded like --workers",
         "N",
     ),
     Option(
@@ -776,6 +785,7 @@ def build_config(argv: Sequence[str], dev: bool) -> RunConfig:
     repeated = sorted({d for d in destinations if destinations.count(d) > 1})
     if repeated:
         raise UsageError(f"--render: {', '.join(repeated)} is the DEST of more than one template")
+    _check_limits(values)
     no_mask = values.pop("no_mask")
     no_watch = values.pop("no_watch")
     return RunConfig(
@@ -787,6 +797,41 @@ def build_config(argv: Sequence[str], dev: bool) -> RunConfig:
         config_file=path if toml else None,
         **values,
     )
+
+
+def _check_limits(values: dict[str, Any]) -> None:
+    """Names and counts that must not reach the store, a socket path or fork (issue #15)."""
+    from launcher import limits
+
+    if values["secret_set"] is not None:
+        from launcher.store.names import check_set_name
+
+        check_set_name(values["secret_set"])
+    if values["name"] is not None:
+        from launcher.ops.runtime_dir import check_name
+
+        check_name(values["name"])
+    figures = limits.machine()
+    limits.check_workers("--workers", values["workers"], figures)
+    limits.check_workers("--idle", values["idle"], figures)
+    port_base = values["port_base"]
+    if port_base is not None and port_base + values["workers"] - 1 > 65535:
+        raise UsageError(
+            f"--port-base {port_base} with --workers {values['workers']} goes past port 65535"
+        )
+
+
+def _check_env_file(path: str, values: dict[str, str]) -> None:
+    """`--env-file` values obey the value rules of `secrets set` (NUL, size): exit 65."""
+    from launcher.store.names import check_value
+
+    for key, value in values.items():
+        if "\x00" in key or "=" in key:
+            raise InvalidInput(f"{path}: a variable name cannot contain NUL or '='")
+        try:
+            check_value(key, value)
+        except InvalidInput as error:
+            raise InvalidInput(f"{path}: {error.message}") from None
 
 
 def build_plan(config: RunConfig) -> Any:
@@ -821,6 +866,7 @@ def build_plan(config: RunConfig) -> Any:
                 origin=f"--env-file {path}",
                 set_name=config.secret_set,
             )
+            _check_env_file(path, resolved)
             values.update(resolved)
             composed += more
         return values, composed
@@ -846,6 +892,9 @@ def build_plan(config: RunConfig) -> Any:
 
     if config.secret_set and not store.exists(config.secret_set):
         raise store._not_found(config.secret_set)
+    run_dir = store.runtime_dir()
+    name = config.name or config.secret_set or "agent-run"
+    _check_runtime_dir(run_dir, name)
     source = SecretsSource(
         store,
         config.secret_set,
@@ -857,6 +906,7 @@ def build_plan(config: RunConfig) -> Any:
         environ=key_environ(),
     )
     initial = source.snapshot()
+    _check_exec_size(config, initial.layers)
     from launcher.process import private_files
 
     # Trees left by launchers that were killed; and ours made now, so an unusable base
@@ -878,10 +928,10 @@ def build_plan(config: RunConfig) -> Any:
         config=config,
         source=source,
         initial=initial,
-        name=config.name or config.secret_set or "agent-run",
+        name=name,
         secret_set=config.secret_set,
         watch_dir=watch_dir,
-        run_dir=store.runtime_dir(),
+        run_dir=run_dir,
         code_dir=target_dir,
     )
 
@@ -908,6 +958,37 @@ def _read_template(path: str) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidInput(f"--render: template {path} is not UTF-8 text") from None
+
+
+def _check_runtime_dir(run_dir: str, name: str) -> None:
+    """The control socket can be made safely, checked before any worker exists (issue #15).
+
+    A directory that cannot be created (a read-only store mount) is not an error: the
+    launcher runs without a control socket and logs why, as before.
+    """
+    from launcher.ops import runtime_dir
+
+    runtime_dir.socket_file(run_dir, name)
+    try:
+        runtime_dir.make_private(run_dir)
+    except OSError:
+        pass
+
+
+def _check_exec_size(config: RunConfig, layers: Any) -> None:
+    """The largest worker environment fits what `execve` accepts (else exit 65, or at a
+    reload an aborted rollout with the old workers kept)."""
+    from launcher import limits
+    from launcher.environment import compose
+
+    last = max(config.workers, 1) - 1
+    env = compose(
+        layers,
+        worker=last,
+        port=None if config.port_base is None else config.port_base + last,
+        notify_socket="/" * 107 if config.ready == "notify" else None,  # longest AF_UNIX path
+    )
+    limits.check_exec_size(config.target.argv(), env, limits.machine())
 
 
 def main(argv: list[str]) -> int:

@@ -815,7 +815,7 @@ def cmd_key_init(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from launcher.store import crypto
-    from launcher.store.keys import STORE_KEY_NAME, load_master_key, write_key_file
+    from launcher.store.keys import STORE_KEY_NAME, load_master_key
 
     store = _store(args)
     target = args.key_file or (
@@ -833,16 +833,37 @@ def cmd_key_init(args: argparse.Namespace) -> int:
             )
         target = store.root / STORE_KEY_NAME
     try:
-        write_key_file(target, crypto.new_key())
+        _write_key(target, crypto.new_key())
     except FileExistsError:
         raise OperationFailed(f"key file {target} already exists; nothing was created") from None
     print(f"created master key {target} (mode 0600); back it up: the store needs it")
     return 0
 
 
+def _write_key(path: Path, key: bytes) -> None:
+    """`write_key_file`, with its failures as one line (FileExistsError is the caller's)."""
+    from launcher.errors import PermissionProblem
+    from launcher.store.keys import write_key_file
+
+    try:
+        write_key_file(path, key)
+    except FileExistsError:
+        raise
+    except PermissionError:
+        raise PermissionProblem(f"cannot write key file {path}: permission denied") from None
+    except OSError as error:
+        raise OperationFailed(f"cannot write key file {path}: {error.strerror}") from None
+
+
 def cmd_key_rotate(args: argparse.Namespace) -> int:
     from launcher.store.keyring import rotate
 
+    new_file = args.new_key_file
+    if new_file is not None and new_file.exists() and not new_file.is_file():
+        raise InvalidInput(
+            f"--new-key-file {new_file} is not a regular file; give the path of a file "
+            "to create for the new key"
+        )
     store = _store(args)
     result = rotate(store, _key(args, store), args.new_key_file)
     print(

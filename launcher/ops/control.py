@@ -1,9 +1,18 @@
 """The control socket: `agent-run status | reload` talk to a running launcher through it.
 
-One Unix stream socket per running launcher, `<store>/run/<name>.sock`, mode 0600 in a 0700
-directory (only the owner may steer the launcher). The protocol is one JSON request line, one
-JSON answer line. The server side runs in the supervisor's event loop; the client side is plain
-blocking sockets, so the CLI commands start without importing anyio.
+One Unix stream socket per running launcher, `<store>/run/<name>.sock`, mode 0600 in a
+directory private to the launcher's user (see `runtime_dir.py`). The protocol is one JSON
+request line, one JSON answer line. The server side runs in the supervisor's event loop; the
+client side is plain blocking sockets, so the CLI commands start without importing anyio.
+
+Both ends check who is at the other end with SO_PEERCRED (the kernel's record of the peer's
+uid, which a process cannot forge), because file modes alone did not stop another user from
+answering in a launcher's name (issue #15):
+- the server answers only its own user and root;
+- the client talks only to a launcher running as its own user; root, to a launcher running
+  as the owner of the runtime directory it names (root's own, or a user's whose store it
+  points at). Anything else is refused (exit 77) before the request is sent, so a squatter
+  never sees a command such as `sessions start --body ...`.
 """
 
 from __future__ import annotations
@@ -13,19 +22,33 @@ import errno
 import json
 import os
 import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from launcher.errors import ConfigError, OperationFailed, UsageError
+from launcher.errors import ConfigError, OperationFailed, PermissionProblem, UsageError
+from launcher.ops import runtime_dir
+from launcher.store.names import SET_NAME
 
-SUFFIX = ".sock"
+SUFFIX = runtime_dir.SUFFIX
 MAX_REQUEST = 64 * 1024
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
 def socket_path(run_dir: Path, name: str) -> Path:
-    return run_dir / f"{name}{SUFFIX}"
+    """`run_dir/NAME.sock`; refused when the name is invalid or the path too long for AF_UNIX."""
+    return Path(runtime_dir.socket_file(str(run_dir), name))
+
+
+def peer_uid(sock: socket.socket) -> int:
+    """The uid of the process at the other end of a connected Unix socket (SO_PEERCRED)."""
+    uid: int
+    _pid, uid, _gid = _UCRED.unpack(
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    )
+    return uid
 
 
 # --- server ----------------------------------------------------------------------------------
@@ -65,8 +88,8 @@ async def serving(run_dir: Path, name: str, handlers: Handlers) -> AsyncIterator
     """Listen on the control socket while the block runs; remove the socket afterwards."""
     import anyio
 
-    run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = socket_path(run_dir, name)
+    runtime_dir.make_private(str(run_dir))
     _claim(path)
     old_umask = os.umask(0o177)  # born 0600: no window in which others could connect
     try:
@@ -92,7 +115,14 @@ async def serving(run_dir: Path, name: str, handlers: Handlers) -> AsyncIterator
 
 async def _answer(stream: Any, handlers: Handlers) -> None:
     import anyio
+    from anyio.abc import SocketAttribute
 
+    client = peer_uid(stream.extra(SocketAttribute.raw_socket))
+    if client not in (os.geteuid(), 0):
+        # Only reachable if the socket's mode was widened by hand: refuse, say nothing more.
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+            await stream.send(b'{"ok": false, "error": "not allowed"}\n')
+        return
     buffer = b""
     try:
         while b"\n" not in buffer and len(buffer) < MAX_REQUEST:
@@ -109,7 +139,7 @@ async def _answer(stream: Any, handlers: Handlers) -> None:
             answer = {"ok": False, "error": f"unknown command {command!r}"}
     except (anyio.EndOfStream, anyio.BrokenResourceError):
         return
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: `[[[[...` nested too deep
         answer = {"ok": False, "error": "request is not one line of JSON"}
     with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
         await stream.send(json.dumps(answer).encode() + b"\n")
@@ -118,11 +148,41 @@ async def _answer(stream: Any, handlers: Handlers) -> None:
 # --- client ----------------------------------------------------------------------------------
 
 
+def _expected_server(path: Path) -> int:
+    """The uid a launcher serving `path` must run as (see the module docstring)."""
+    uid = os.geteuid()
+    if uid != 0:
+        return uid
+    try:
+        return os.stat(path.parent).st_uid
+    except OSError:
+        return 0
+
+
+def _check_server(sock: socket.socket, path: Path) -> None:
+    server, expected = peer_uid(sock), _expected_server(path)
+    if server != expected:
+        raise PermissionProblem(
+            f"control socket {path} is served by uid {server}, not by the launcher's user "
+            f"(uid {expected}); nothing was sent. Another user may have taken the launcher's "
+            "name: keep control sockets in a private directory (AGENT_RUN_RUNTIME_DIR)"
+        )
+
+
 def running_launchers(run_dir: Path) -> list[str]:
     """Names of the launchers that have a control socket in `run_dir`."""
-    if not run_dir.is_dir():
+    try:
+        entries = os.listdir(run_dir)
+    except (FileNotFoundError, NotADirectoryError):
         return []
-    return sorted(p.name[: -len(SUFFIX)] for p in run_dir.glob(f"*{SUFFIX}"))
+    except PermissionError:
+        raise PermissionProblem(
+            f"cannot read runtime directory {run_dir}: permission denied"
+        ) from None
+    except OSError as error:
+        raise ConfigError(f"cannot read runtime directory {run_dir}: {error.strerror}") from None
+    names = (e[: -len(SUFFIX)] for e in entries if e.endswith(SUFFIX))
+    return sorted(n for n in names if SET_NAME.fullmatch(n))
 
 
 def choose(run_dir: Path, name: str | None) -> Path:
@@ -153,11 +213,14 @@ def request(path: Path, command: str, timeout: float | None = 10.0, **fields: An
                 f"the launcher named {path.stem!r} is not answering (stale socket {path})"
             ) from None
         except PermissionError:
-            from launcher.errors import PermissionProblem
-
             raise PermissionProblem(
                 f"not allowed to use control socket {path}; run as the launcher's user"
             ) from None
+        except OSError as error:  # not a socket, a symlink loop, ...
+            raise ConfigError(
+                f"cannot connect to control socket {path}: {error.strerror}"
+            ) from None
+        _check_server(sock, path)
         sock.sendall(json.dumps({"command": command, **fields}).encode() + b"\n")
         data = b""
         while not data.endswith(b"\n"):
@@ -171,4 +234,10 @@ def request(path: Path, command: str, timeout: float | None = 10.0, **fields: An
         sock.close()
     if not data:
         raise OperationFailed(f"the launcher named {path.stem!r} closed the connection")
-    return json.loads(data)
+    try:
+        answer = json.loads(data)
+    except (ValueError, RecursionError):
+        answer = None
+    if not isinstance(answer, dict):
+        raise OperationFailed(f"the launcher named {path.stem!r} sent an answer that is not JSON")
+    return answer

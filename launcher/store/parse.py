@@ -65,6 +65,8 @@ def read_dotenv(path: Path) -> FileEntries:
         from launcher.errors import PermissionProblem
 
         raise PermissionProblem(f"cannot read {path}: permission denied") from None
+    except OSError as error:  # a symlink loop, a name too long, not a directory...
+        raise InvalidInput(f"cannot read {path}: {error.strerror}") from None
     try:
         text = raw.decode("utf-8-sig")  # an editor's byte-order mark is not part of a key
     except UnicodeDecodeError:

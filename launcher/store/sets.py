@@ -49,15 +49,15 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, NamedTuple
 
 from launcher.errors import ConfigError, DecryptionFailed, OperationFailed, PermissionProblem
-from launcher.store import crypto
-from launcher.store.files import fsync_directory, give, owner_of
+from launcher.store import crypto, validate
+from launcher.store.files import NotRegularFile, fsync_directory, give, open_regular, owner_of
 from launcher.store.keyring import KEYRING_LOCK, Keyring
-from launcher.store.names import check_set_name, check_set_size
+from launcher.store.names import SET_NAME, check_set_name, check_set_size
 
 if TYPE_CHECKING:
     from pathlib import Path
     from types import TracebackType
-    from typing import Any
+    from typing import Any, BinaryIO
 
     from launcher.store.keys import MasterKey, StrPath
     from launcher.store.metadata import Metadata, MetadataEdit
@@ -227,6 +227,10 @@ class Store:
         return self.set_path(PLATFORM)
 
     def _file(self, name: str) -> str:
+        # Every path to a set is built here, so every command checks the name, reads
+        # included: a 300-character name is an invalid name (65), not "File name too long".
+        if name != PLATFORM:
+            check_set_name(name)
         return os.path.join(self.directory, f"{name}{SUFFIX}")
 
     def _lock_path(self, name: str) -> str:
@@ -239,27 +243,19 @@ class Store:
         header = self._header(name)
         if header is None:
             return None
-        try:
-            return int(header["version"])
-        except (KeyError, TypeError, ValueError):
-            raise DecryptionFailed(f"set {name!r} is damaged (unreadable header)") from None
+        return int(header["version"])
 
     def _header(self, name: str) -> dict[str, Any] | None:
-        """The first line, parsed; None if there is no set."""
-        try:
-            with open(self._file(name), "rb") as stream:
-                first = stream.readline(4096)
-        except FileNotFoundError:
+        """The first line, parsed and its fields' types checked; None if there is no set."""
+        stream = self._open(name, missing_ok=True)
+        if stream is None:
             return None
-        except PermissionError:
-            raise PermissionProblem(self.denied("read", self._file(name))) from None
+        with stream:
+            first = stream.readline(4096)
         try:
-            header = json.loads(first)
-        except ValueError:
-            header = None
-        if not isinstance(header, dict):
-            raise DecryptionFailed(f"set {name!r} is damaged (unreadable header)")
-        return header
+            return validate.header(json.loads(first))
+        except (ValueError, RecursionError):  # RecursionError: `[[[[...` nested too deep
+            raise DecryptionFailed(f"set {name!r} is damaged (unreadable header)") from None
 
     def exists(self, name: str) -> bool:
         """True when the set's file is there; a store we may not look into is an error
@@ -314,7 +310,12 @@ class Store:
             entries = os.listdir(self.directory)
         except PermissionError:
             raise PermissionProblem(self.denied("read")) from None
-        return sorted(e[: -len(SUFFIX)] for e in entries if e.endswith(SUFFIX) and e[0] not in "._")
+        # Only names agent-run could have written: a stray `bad name.set` is not a set.
+        return sorted(
+            e[: -len(SUFFIX)]
+            for e in entries
+            if e.endswith(SUFFIX) and SET_NAME.fullmatch(e[: -len(SUFFIX)])
+        )
 
     def list_sets(self) -> list[SetInfo]:
         """Every set's summary, read without the key.
@@ -325,10 +326,10 @@ class Store:
         """
         infos = []
         for name in self.names():
-            raw = self._read_file(name, missing_ok=True)
-            if raw is None:
-                continue  # deleted while we listed
             try:
+                raw = self._read_file(name, missing_ok=True)
+                if raw is None:
+                    continue  # deleted while we listed
                 header = self._parse(name, raw).header
                 infos.append(
                     SetInfo(
@@ -339,7 +340,7 @@ class Store:
                         int(header["count"]),
                     )
                 )
-            except (ConfigError, KeyError, TypeError, ValueError):
+            except ConfigError:  # `_parse` has checked every field's type
                 infos.append(SetInfo(name, 0, DAMAGED, "", 0))
         return infos
 
@@ -592,10 +593,15 @@ class Store:
             "it did not decrypt and no value was used; restore it from a backup or write it again"
         )
 
-    def _read_file(self, name: str, missing_ok: bool = False) -> bytes | None:
+    def _open(self, name: str, missing_ok: bool = False) -> BinaryIO | None:
+        """The set's file, opened for reading: the one way any read reaches a set file.
+
+        Every failure becomes one error with its exit code: not found (78, or None with
+        `missing_ok`), permission (77), not a regular file or unreadable (78).
+        """
+        path = self._file(name)
         try:
-            with open(self._file(name), "rb") as stream:
-                return stream.read()
+            return open_regular(path)
         except FileNotFoundError:
             if missing_ok:
                 return None
@@ -603,7 +609,25 @@ class Store:
                 raise ConfigError("no platform credentials are stored") from None
             raise self._not_found(name) from None
         except PermissionError:
-            raise PermissionProblem(self.denied("read", self._file(name))) from None
+            raise PermissionProblem(self.denied("read", path)) from None
+        except NotRegularFile as error:
+            raise ConfigError(
+                f"{path} is a {error.kind}, not a set file; remove it or move it out of the store"
+            ) from None
+        except OSError as error:  # a symlink loop, a name too long for the filesystem, EIO...
+            raise ConfigError(f"cannot read set file {path}: {error.strerror}") from None
+
+    def _read_file(self, name: str, missing_ok: bool = False) -> bytes | None:
+        stream = self._open(name, missing_ok)
+        if stream is None:
+            return None
+        with stream:
+            try:
+                return stream.read()
+            except OSError as error:
+                raise ConfigError(
+                    f"cannot read set file {self._file(name)}: {error.strerror}"
+                ) from None
 
     def _read_existing(self, name: str) -> bytes:
         raw = self._read_file(name)
@@ -615,18 +639,22 @@ class Store:
         first = raw.find(b"\n")
         try:
             header = json.loads(raw[:first]) if first > 0 else None
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: `[[[[...` nested too deep
             header = None
         if not isinstance(header, dict):
             raise self._damaged(name)
         if header.get("format") != FORMAT:
             raise ConfigError(
-                f"set {name!r} has format {header.get('format')!r}, which this agent-run "
+                f"set {name!r} has format {str(header.get('format'))[:20]}, which this agent-run "
                 f"(format {FORMAT}) cannot read; use the agent-run version that wrote it, or "
                 f"write the set again"
             )
         if header.get("set") != name:
             raise self._damaged(name)  # a file renamed to another set
+        try:
+            validate.header(header)
+        except validate.Malformed:
+            raise self._damaged(name) from None
         second = raw.find(b"\n", first + 1)
         third = raw.find(b"\n", second + 1)
         if min(second, third) < 0 or raw.find(b"\n", third + 1) != len(raw) - 1:
@@ -641,12 +669,9 @@ class Store:
 
     def _meta(self, name: str, parsed: _Parsed) -> dict[str, Any]:
         try:
-            meta = json.loads(parsed.meta_line)
-        except ValueError:
+            return validate.meta(json.loads(parsed.meta_line))
+        except (ValueError, RecursionError):  # not JSON, validate.Malformed, nested too deep
             raise self._damaged(name) from None
-        if not isinstance(meta, dict) or not isinstance(meta.get("keys"), dict):
-            raise self._damaged(name)
-        return meta
 
     def _metadata(self, name: str, parsed: _Parsed) -> dict[str, Metadata]:
         from launcher.store.metadata import from_stored
@@ -662,12 +687,9 @@ class Store:
 
     def _history(self, name: str, parsed: _Parsed) -> list[dict[str, Any]]:
         try:
-            history = json.loads(parsed.history_line)
-        except ValueError:
+            return validate.history(json.loads(parsed.history_line))
+        except (ValueError, RecursionError):  # not JSON, validate.Malformed, nested too deep
             raise self._damaged(name) from None
-        if not isinstance(history, list) or not all(isinstance(e, dict) for e in history):
-            raise self._damaged(name)
-        return history
 
     def _key_for(self, name: str, parsed: _Parsed, keys: Keyring) -> MasterKey:
         wanted = parsed.header.get("key_id")
