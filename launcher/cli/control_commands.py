@@ -28,6 +28,17 @@ def runtime_dir(store: str | None) -> Path:
     return Store.open(Path(store) if store else None).run_dir
 
 
+MAX_TIMEOUT = 1e7  # seconds (~4 months); beyond it a socket timeout overflows
+
+
+def _timeout(text: str) -> float:
+    """argparse type of `--timeout`: seconds, a finite number > 0 (argparse says exit 2)."""
+    seconds = float(text)
+    if not 0 < seconds <= MAX_TIMEOUT:  # also refuses nan
+        raise ValueError(text)
+    return seconds
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--name",
@@ -64,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     _common(reload)
     reload.add_argument(
         "--timeout",
-        type=float,
+        type=_timeout,
         default=None,
         metavar="S",
         help="give up waiting after S seconds (default: wait for the result)",

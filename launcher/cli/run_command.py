@@ -99,9 +99,12 @@ def _preload(text: str) -> str:
     return value if isinstance(value, str) else ",".join(value)
 
 
+MAX_SECONDS = 1e9  # ~31 years: larger (or inf, nan) would overflow the clocks it is added to
+
+
 def _seconds(text: str) -> float:
     value = float(text)
-    if value < 0:
+    if not 0 <= value <= MAX_SECONDS:  # also refuses nan
         raise ValueError(text)
     return value
 

@@ -200,8 +200,8 @@ def choose(run_dir: Path, name: str | None) -> Path:
 def request(path: Path, command: str, timeout: float | None = 10.0, **fields: Any) -> Any:
     """Send one command and return the decoded answer."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
     try:
+        sock.settimeout(timeout)
         try:
             sock.connect(str(path))
         except FileNotFoundError:

@@ -159,6 +159,23 @@ class RotationResult(NamedTuple):
     where: str  # the file that now holds the new key
 
 
+def _check_all_open(store: Store, old: MasterKey, pending: str, keyring: Keyring) -> None:
+    """Every set opens (with the old key, or the pending one of a resumed rotation).
+
+    Checked before any set is re-sealed: a damaged set found half-way used to leave the
+    store sealed under two keys (issue #15: no partial state).
+    """
+    from launcher.store.sets import PLATFORM
+
+    resumed = read_key_file(pending, keyring._environ) if os.path.exists(pending) else None
+    check = Keyring(old, resumed if resumed is not None and resumed.id != old.id else None)
+    for name in store.all_files():
+        if name == PLATFORM:
+            store.read_platform(check)
+        else:
+            store.read(name, check)
+
+
 def rotate(store: Store, keyring: Keyring, new_key_file: StrPath | None = None) -> RotationResult:
     """`agent-run key rotate`: re-seal every set under a new master key (module docstring).
 
@@ -182,6 +199,7 @@ def rotate(store: Store, keyring: Keyring, new_key_file: StrPath | None = None) 
                 f"the master key comes from {old.source}, which agent-run cannot replace; "
                 "give --new-key-file FILE for the new key, then point that source at it"
             )
+        _check_all_open(store, old, pending, keyring)
         if not os.path.exists(pending):
             try:
                 write_key_file(pending, crypto.new_key())  # resumed rotations reuse it
