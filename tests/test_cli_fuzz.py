@@ -136,7 +136,7 @@ def _damage(root: Path, name: str, kind: str, detail: Any) -> None:
     if not data:
         return
     if kind in ("field", "drop-field"):
-        with contextlib.suppress(ValueError):
+        with contextlib.suppress(ValueError, RecursionError):
             header = json.loads(lines[0])
             if isinstance(header, dict):
                 if kind == "field":
