@@ -897,7 +897,7 @@ def build_plan(config: RunConfig) -> Any:
         raise store._not_found(config.secret_set)
     run_dir = store.runtime_dir()
     name = config.name or config.secret_set or "agent-run"
-    _check_runtime_dir(run_dir, name)
+    _check_runtime_dir(run_dir, name, named=config.name is not None)
     source = SecretsSource(
         store,
         config.secret_set,
@@ -963,15 +963,18 @@ def _read_template(path: str) -> str:
         raise InvalidInput(f"--render: template {path} is not UTF-8 text") from None
 
 
-def _check_runtime_dir(run_dir: str, name: str) -> None:
+def _check_runtime_dir(run_dir: str, name: str, named: bool) -> None:
     """The control socket can be made safely, checked before any worker exists (issue #15).
 
-    A directory that cannot be created (a read-only store mount) is not an error: the
-    launcher runs without a control socket and logs why, as before.
+    Refused: a directory another user owns or can write (77), and a `--name` the socket
+    path cannot hold (78). Not refused, as before: a directory that cannot be created (a
+    read-only store mount), and a default name in a directory too deep for AF_UNIX; the
+    agent runs, and the launcher logs why it has no control socket (`control_unavailable`).
     """
     from launcher.ops import runtime_dir
 
-    runtime_dir.socket_file(run_dir, name)
+    if named:
+        runtime_dir.socket_file(run_dir, name)
     try:
         runtime_dir.make_private(run_dir)
     except OSError:
