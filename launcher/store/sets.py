@@ -266,6 +266,8 @@ class Store:
             return False
         except PermissionError:
             raise PermissionProblem(self.denied("read")) from None
+        except OSError:
+            return True  # a name that is there but no file (a symlink loop): reading says so
         return True
 
     def denied(self, verb: str, path: str | None = None) -> str:
@@ -869,6 +871,10 @@ class Store:
             raise PermissionProblem(
                 f"cannot create store {self.directory}: permission denied"
             ) from None
+        except FileExistsError:  # a file (or FIFO...) where the store directory should be
+            raise ConfigError(f"store {self.directory} is not a directory") from None
+        except OSError as error:
+            raise ConfigError(f"cannot create store {self.directory}: {error.strerror}") from None
 
     def _fsync_root(self) -> None:
         fsync_directory(self.directory)
