@@ -142,13 +142,13 @@ def test_something_else_named_like_a_set(
 
 
 def test_a_fifo_as_key_file_is_refused_at_once(cli: CLI, tmp_path: Path) -> None:
-    """`--key-file FIFO` does not wait for a writer: one line, 78."""
+    """`--key-file FIFO` does not wait for a writer: one line, 77 (the key-file rule, #12)."""
     fifo = tmp_path / "key.fifo"
     os.mkfifo(fifo, 0o600)
     env = {"AGENT_RUN_MASTER_KEY": ""}
     result = cli("secrets", "set", "s", "K=1", "--key-file", str(fifo), env=env, timeout=30)
-    _one_line_error(result, 78)
-    assert "FIFO" in result.stderr
+    _one_line_error(result, 77)
+    assert "not a regular file" in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -184,7 +184,7 @@ def test_key_rotate_into_a_directory_is_refused(
 
 
 def test_a_directory_as_key_file_is_one_line(cli: CLI, tmp_path: Path) -> None:
-    """`--key-file DIR` (mode 0700) is named as a directory: 78, no IsADirectoryError."""
+    """`--key-file DIR` (mode 0700) is refused as not a key file: 77, no IsADirectoryError."""
     target = tmp_path / "keydir"
     target.mkdir(mode=0o700)
     result = cli(
@@ -194,5 +194,5 @@ def test_a_directory_as_key_file_is_one_line(cli: CLI, tmp_path: Path) -> None:
     result = cli(
         "secrets", "rollback", "s", "--key-file", str(target), env={"AGENT_RUN_MASTER_KEY": ""}
     )
-    _one_line_error(result, 78)
-    assert "directory" in result.stderr
+    _one_line_error(result, 77)
+    assert "not a regular file" in result.stderr
