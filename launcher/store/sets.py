@@ -44,13 +44,21 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, NamedTuple
 
 from launcher.errors import ConfigError, DecryptionFailed, OperationFailed, PermissionProblem
 from launcher.store import crypto, validate
-from launcher.store.files import NotRegularFile, fsync_directory, give, open_regular, owner_of
+from launcher.store.files import (
+    NotRegularFile,
+    fsync_directory,
+    give,
+    kind_of,
+    open_regular,
+    owner_of,
+)
 from launcher.store.keyring import KEYRING_LOCK, Keyring
 from launcher.store.names import SET_NAME, check_set_name, check_set_size
 
@@ -852,7 +860,10 @@ class Store:
     def _lock_file(self, path: str, what: str, exclusive: bool) -> _SetLock:
         self._ensure_root()
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            # O_NONBLOCK|O_NOCTTY and the fstat below: a FIFO or device put in the lock
+            # file's place is refused, not written to (issue #15).
+            flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+            fd = os.open(path, flags, 0o600)
         except PermissionError:
             raise PermissionProblem(
                 f"cannot write to store {self.directory}: permission denied"
@@ -861,6 +872,10 @@ class Store:
             raise OperationFailed(
                 f"cannot lock {what} in {self.directory}: {error.strerror}"
             ) from None
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            raise ConfigError(f"lock file {path} is a {kind_of(mode)}; remove it")
         give(fd, owner_of(self.directory))  # a service's store stays the service's
         return _SetLock(fd, exclusive)
 
