@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 from launcher.errors import InvalidInput, UsageError
-from launcher.record import NamedTuple
 
 WORKERS_PER_CPU = 32
 _STACK_CAP = 6 * 1024 * 1024  # fs/exec.c: _STK_LIM / 4 * 3

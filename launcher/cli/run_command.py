@@ -9,6 +9,7 @@ imported by the type checker.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -975,10 +976,8 @@ def _check_runtime_dir(run_dir: str, name: str, named: bool) -> None:
 
     if named:
         runtime_dir.socket_file(run_dir, name)
-    try:
+    with contextlib.suppress(OSError):
         runtime_dir.make_private(run_dir)
-    except OSError:
-        pass
 
 
 def _check_exec_size(config: RunConfig, layers: Any) -> None:

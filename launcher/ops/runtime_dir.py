@@ -20,6 +20,7 @@ module imports neither `socket` nor `pathlib`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 
@@ -82,8 +83,7 @@ def make_private(run_dir: str) -> None:
     OSError when it cannot be created (a read-only store mount, say): the launcher then runs
     without a control socket and says so, as it always did.
     """
-    try:
+    # FileExistsError: it exists but is not a directory; check_private says so.
+    with contextlib.suppress(FileExistsError):
         os.makedirs(run_dir, mode=0o700, exist_ok=True)
-    except FileExistsError:
-        pass  # exists but is not a directory: check_private says so
     check_private(run_dir)

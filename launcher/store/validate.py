@@ -12,7 +12,8 @@ error (exit 78). Unknown extra fields are allowed: a newer format may add some.
 
 from __future__ import annotations
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (launch path)
+from typing import TYPE_CHECKING
+
 if TYPE_CHECKING:
     from typing import Any
 
