@@ -16,6 +16,7 @@ These need root (to switch users and mount); elsewhere they are skipped with the
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -196,6 +197,28 @@ def image_filesystem() -> list[str]:
     return lines
 
 
+def private_tmp() -> list[str]:
+    """Shell lines that give this mount namespace a /tmp of its own, as every Docker
+    container has: never the host's, never another container's. What the image needs from
+    the host's /tmp (this checkout and its venv, when a CI clone lives there) is carried
+    across at the same path: bound aside first, then moved onto the new tmpfs."""
+    tmp = Path("/tmp")
+    needed = (ROOT, BIN, Path(os.path.realpath(sys.executable)))
+    keep = sorted(
+        {tmp / p.relative_to(tmp).parts[0] for p in needed if p.parent.is_relative_to(tmp)}
+    )
+    lines = ["mount -t tmpfs tmpfs /mnt"] if keep else []
+    for index, path in enumerate(keep):
+        lines += [f"mkdir /mnt/{index}", f"mount --bind {shlex.quote(str(path))} /mnt/{index}"]
+    lines.append("mount -t tmpfs -o mode=1777 tmpfs /tmp")
+    for index, path in enumerate(keep):
+        quoted = shlex.quote(str(path))
+        lines += [f"mkdir {quoted}", f"mount --move /mnt/{index} {quoted}"]
+    if keep:
+        lines.append("umount /mnt")
+    return lines
+
+
 def as_user(
     uid: int,
     gid: int,
@@ -239,10 +262,7 @@ def _container_script(docker: DockerRun, argv: list[str]) -> str:
         lines.append(f"mount --bind {shlex.quote(source)} {quoted}")
         if read_only:
             lines.append(f"mount -o remount,bind,ro {quoted}")
-    if not str(BIN).startswith("/tmp/"):
-        # The container's own /tmp; not when this checkout's venv lives under /tmp (a CI
-        # clone there), which the tmpfs would hide from the emulated image.
-        lines.append("mount -t tmpfs -o mode=1777 tmpfs /tmp")
+    lines += private_tmp()
     lines += user_database(image_accounts())
     env = {
         "PATH": f"{BIN}:/usr/local/bin:/usr/bin:/bin",
@@ -366,6 +386,35 @@ def _readme_run(host: Path, **overrides: Any) -> DockerRun:
     for name, value in overrides.items():
         setattr(docker, name, value)
     return docker
+
+
+def test_each_emulated_container_has_its_own_tmp() -> None:
+    """Like Docker's: a container sees neither the host's /tmp nor an earlier container's,
+    and still runs this checkout (also when a CI clone of it lives under /tmp)."""
+    _need_root_and_namespaces()
+    on_host = Path(tempfile.mkdtemp(prefix="agent-run-host-", dir="/tmp"))
+    probe = (
+        "import os, launcher; os.mkdir('/tmp/agent-run'); "
+        "print(repr((sorted(os.listdir('/tmp')), launcher.__file__)))"
+    )
+    kept = [line.split()[-1] for line in private_tmp() if line.startswith("mount --move")]
+    try:
+        for _ in range(2):  # the second would find the first one's /tmp/agent-run
+            script = _container_script(DockerRun("docker run --rm image", {}), [
+                str(BIN / "python"), "-c", probe,
+            ])  # fmt: skip
+            result = subprocess.run(
+                ["unshare", "--mount", "--net", "--propagation", "private", "--",
+                 "sh", "-c", script],
+                cwd=ROOT, capture_output=True, text=True, timeout=DEADLINE_S,
+            )  # fmt: skip
+            assert result.returncode == 0, result.stderr
+            listing, module = ast.literal_eval(result.stdout)
+            assert sorted(listing) == sorted(["agent-run", *(Path(k).name for k in kept)])
+            assert on_host.name not in listing
+            assert Path(module).is_relative_to(ROOT)
+    finally:
+        on_host.rmdir()
 
 
 def test_docker_recipe_runs_the_agent_as_written(host: Path, containers: list[Container]) -> None:
