@@ -143,16 +143,23 @@ def test_launcher_refuses_a_shared_runtime_directory(cli: CLI, shared_dir: Path)
 
 
 def test_launcher_refuses_another_users_runtime_directory(cli: CLI, tmp_path: Path) -> None:
-    """A runtime directory owned by another user (even 0700) is refused: 77."""
+    """A runtime directory owned by another user (even 0700) is refused (77) with a per-user
+    name that then works."""
     if os.geteuid() != 0:
         pytest.skip("needs root to give a directory to another user")
     foreign = tmp_path / "foreign"
     foreign.mkdir(mode=0o700)
     os.chown(foreign, NOBODY, NOBODY)
     result = cli("--restart", "never", "--", "true", env={"AGENT_RUN_RUNTIME_DIR": str(foreign)})
+    own = f"{foreign}-{os.geteuid()}"
     _refused(result, 77, f"belongs to uid {NOBODY}")
+    assert f"AGENT_RUN_RUNTIME_DIR to one, e.g. {own} " in result.stderr
     result = cli("status", env={"AGENT_RUN_RUNTIME_DIR": str(foreign)})
     assert "Traceback" not in result.stderr
+    # The suggested per-user name works as given.
+    result = cli("--restart", "never", "--", "true", env={"AGENT_RUN_RUNTIME_DIR": own})
+    assert result.returncode == 0, result.stderr
+    assert os.stat(own).st_mode & 0o777 == 0o700
 
 
 def test_a_private_runtime_directory_cannot_be_squatted(shared_dir: Path) -> None:

@@ -8,6 +8,12 @@ Decisions (issue #15):
   name in it, so the launcher refuses (exit 77) to use one that is not; it creates its own
   with mode 0700. (The client does not rely on this alone: it checks who serves the socket,
   see `control.py`.)
+- A directory the operator names (AGENT_RUN_RUNTIME_DIR) is used as named, never swapped
+  for another: `status`, `reload` and `sessions` — root's included — find the launcher
+  only because they read the same variable. So one left by another user (a second uid in
+  the same container, a host where two users copied the image's `/tmp/agent-run`) is
+  refused, one line and 77, and the line suggests a per-user name (`<dir>-<uid>`, as tmux
+  uses `/tmp/tmux-UID`). The default, `<store>/run`, is per store and so per user already.
 - A launcher's name follows the set-name rule (letters, digits, `_.-`, at most 64): it
   becomes a file name, and must not climb out of the directory.
 - Linux keeps a Unix socket's path in `sun_path`, 108 bytes with the terminating NUL, so a
@@ -66,7 +72,8 @@ def check_private(run_dir: str) -> os.stat_result:
         raise PermissionProblem(
             f"runtime directory {run_dir} belongs to uid {info.st_uid}, not to this launcher's "
             f"user (uid {uid}); control sockets need a directory of your own: set "
-            "AGENT_RUN_RUNTIME_DIR to one (agent-run creates it with mode 0700)"
+            f"AGENT_RUN_RUNTIME_DIR to one, e.g. {run_dir.rstrip('/')}-{uid} (agent-run "
+            "creates it with mode 0700)"
         )
     if mode & 0o022:
         raise PermissionProblem(
