@@ -170,12 +170,19 @@ def test_every_command_checks_the_set_name(cli: CLI, command: list[str]) -> None
     assert "set name" in result.stderr
 
 
-def test_key_rotate_into_a_directory_is_refused(
-    cli: CLI, two_versions: Path, tmp_path: Path
+@pytest.mark.parametrize("kind", ["directory", "name too long", "symlink loop"])
+def test_key_rotate_into_an_impossible_key_file_is_refused(
+    cli: CLI, two_versions: Path, tmp_path: Path, kind: str
 ) -> None:
-    """`key rotate --new-key-file DIR` is bad input (65) and rotates nothing."""
+    """`key rotate --new-key-file` a directory, a 300-character name or a symlink loop: bad
+    input (65), one line, and nothing rotated."""
     target = tmp_path / "keys"
-    target.mkdir(mode=0o700)
+    if kind == "directory":
+        target.mkdir(mode=0o700)
+    elif kind == "name too long":
+        target = tmp_path / ("l" * 300)
+    else:
+        target.symlink_to(target)
     before = two_versions.read_bytes()
     result = cli("key", "rotate", "--new-key-file", str(target))
     _one_line_error(result, 65)

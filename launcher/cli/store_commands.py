@@ -855,15 +855,33 @@ def _write_key(path: Path, key: bytes) -> None:
         raise OperationFailed(f"cannot write key file {path}: {error.strerror}") from None
 
 
+def _check_new_key_file(path: Path) -> None:
+    """Refuse (65) a --new-key-file that can never be written, before any set is re-sealed:
+    a directory or other non-file, a name too long, a loop. Absent is the normal case, and
+    a permission problem is said by the write itself (77)."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, PermissionError):
+        return
+    except OSError as error:
+        raise InvalidInput(
+            f"--new-key-file {path}: {error.strerror}; give the path of a file to create for "
+            "the new key"
+        ) from None
+    if not stat.S_ISREG(mode):
+        raise InvalidInput(
+            f"--new-key-file {path} is not a regular file; give the path of a file "
+            "to create for the new key"
+        )
+
+
 def cmd_key_rotate(args: argparse.Namespace) -> int:
     from launcher.store.keyring import rotate
 
-    new_file = args.new_key_file
-    if new_file is not None and new_file.exists() and not new_file.is_file():
-        raise InvalidInput(
-            f"--new-key-file {new_file} is not a regular file; give the path of a file "
-            "to create for the new key"
-        )
+    if args.new_key_file is not None:
+        _check_new_key_file(args.new_key_file)
     store = _store(args)
     result = rotate(store, _key(args, store), args.new_key_file)
     print(
