@@ -60,6 +60,28 @@ def key_environ() -> dict[str, str]:
     return {**os.environ, **_held}
 
 
+def worker_identity() -> dict[str, str]:
+    """HOME, USER and LOGNAME of the `--user` workers run as, from the user database; empty
+    without --user, or for a bare uid the database does not know.
+
+    login, su and systemd's User= set them the same way: a worker must not inherit the
+    launcher's home (/root in the image), which it can neither write nor should use.
+    Env files and secrets still override them (later layers win).
+    """
+    import pwd
+
+    from launcher.process.worker import worker_user
+
+    user = worker_user()
+    if user is None:
+        return {}
+    try:
+        entry = pwd.getpwuid(user[0])
+    except KeyError:
+        return {}
+    return {"HOME": entry.pw_dir, "USER": entry.pw_name, "LOGNAME": entry.pw_name}
+
+
 def _scrub_initial_environment(name: str) -> None:
     """Overwrite NAME's value in the strings the kernel shows as /proc/self/environ.
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import subprocess
 import tempfile
@@ -178,6 +179,10 @@ def test_worker_under_user_gets_its_secrets_and_nothing_else(base: Path) -> None
     assert launcher.proc.returncode == 0
     assert (report["uid"], report["gid"], report["groups"]) == (NOBODY, NOBODY, [])
     assert report["env"]["API_KEY"] == "sk-own-0042"
+    # Its identity is the user's (the launcher's HOME here is `base`), as su and User= give.
+    account = pwd.getpwuid(NOBODY)
+    identity = {name: report["env"].get(name) for name in ("HOME", "USER", "LOGNAME")}
+    assert identity == {"HOME": account.pw_dir, "USER": account.pw_name, "LOGNAME": account.pw_name}
     assert report["notified"] is True
     assert report["files"] == {
         "cfg.json": ['read:{"key": "sk-own-0042"}', NOBODY],

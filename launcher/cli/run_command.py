@@ -840,7 +840,7 @@ def _check_env_file(path: str, values: dict[str, str]) -> None:
 
 def build_plan(config: RunConfig) -> Any:
     from launcher.plan import Plan
-    from launcher.privilege import key_environ
+    from launcher.privilege import key_environ, worker_identity
     from launcher.store.sets import Store
     from launcher.store.source import Extras, SecretsSource
 
@@ -907,7 +907,8 @@ def build_plan(config: RunConfig) -> Any:
         python_target=config.target.is_python or config.target.interpreted() is not None,
         # The key the launcher took out of its environment (launcher/privilege.py) is still
         # where the keyring looks; compose() keeps it from every worker (PRIVATE_VARIABLES).
-        environ=key_environ(),
+        # Under --user the workers' HOME, USER and LOGNAME are that user's.
+        environ={**key_environ(), **worker_identity()},
     )
     initial = source.snapshot()
     _check_exec_size(config, initial.layers)
