@@ -117,6 +117,8 @@ class PoolModel(RuleBasedStateMachine):
         """A worn worker is stopped only once another process of its slot is ready."""
         if proc is None or proc.worn is None or proc.phase is not Phase.READY:
             return
+        if proc.slot < 0:
+            return  # a session's process, stopped because its session ended: not recycling
         slot = self.state.slots[proc.slot]
         if not self.state.accepting or slot.fate is not SlotFate.ACTIVE:
             return
