@@ -14,7 +14,7 @@ import pytest
 from launcher import limits
 from launcher.errors import InvalidInput, UsageError
 
-from .conftest import CLI
+from .conftest import CLI, PROBE, Launcher, alive
 
 PAGE = 4096
 
@@ -119,3 +119,33 @@ def test_an_environment_too_large_for_execve_is_refused(cli: CLI, tmp_path: Path
     many.write_text("".join(f"V{i}={'x' * 16_000}\n" for i in range(count)))
     result = cli("--env-file", str(many), "--restart", "never", "--", "true")
     _refused(result, 65, f"the kernel allows {space}")
+
+
+def test_a_secrets_version_too_large_for_execve_is_not_rolled_out(
+    cli: CLI, probe_dir: Path, tmp_path: Path
+) -> None:
+    """A new secrets version that would take the workers' environment past execve's limit
+    skips the rollout, naming the limit: no replacement is spawned, the old worker serves."""
+    assert cli("secrets", "set", "prod", "SMALL=x").returncode == 0
+    env = {**cli.env, "PROBE_DIR": str(probe_dir), "AGENT_RUN_LOG_FORMAT": "json",
+           "PROBE_NOTIFY": "1"}  # fmt: skip
+    # A real limit the kernel enforces: with `ulimit -s 1024`, execve takes at most 256 KiB
+    # of argv and environment, in the launcher and in every worker it spawns.
+    argv = cli.argv("--secrets", "prod", "--ready", "notify", str(PROBE))
+    launcher = Launcher(["sh", "-c", 'ulimit -s 1024 && exec "$@"', "sh", *argv], env, cli.cwd)
+    try:
+        pid = int(launcher.wait_event("worker_ready")["pid"])  # type: ignore[call-overload]
+        big = tmp_path / "big.env"  # 20 values within the value rules, 300 kB together
+        big.write_text("".join(f"BIG_{i}={'x' * 15_000}\n" for i in range(20)))
+        assert cli("secrets", "set", "prod", "--secrets-file", str(big)).returncode == 0
+        skipped = launcher.wait_event("rollout_skipped", timeout=60)
+        assert f"the kernel allows {256 * 1024}" in str(skipped["reason"])
+        assert "xxxx" not in launcher.output()
+        reload = cli("reload", "--name", "prod")
+        assert reload.returncode == 1 and "the kernel allows" in reload.stderr
+        assert alive(pid)
+        started = [e for e in launcher.events if e.get("event") == "worker_started"]
+        assert [e["pid"] for e in started] == [pid]
+        assert not any(e.get("event") == "rollout_started" for e in launcher.events)
+    finally:
+        launcher.stop()

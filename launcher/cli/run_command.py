@@ -909,9 +909,11 @@ def build_plan(config: RunConfig) -> Any:
         # where the keyring looks; compose() keeps it from every worker (PRIVATE_VARIABLES).
         # Under --user the workers' HOME, USER and LOGNAME are that user's.
         environ={**key_environ(), **worker_identity()},
+        # Every snapshot, the first and each reload's: an environment execve would refuse
+        # is bad input at launch (65) and a skipped rollout at a reload.
+        check=lambda layers: _check_exec_size(config, layers),
     )
     initial = source.snapshot()
-    _check_exec_size(config, initial.layers)
     from launcher.process import private_files
 
     # Trees left by launchers that were killed; and ours made now, so an unusable base
@@ -982,8 +984,8 @@ def _check_runtime_dir(run_dir: str, name: str, named: bool) -> None:
 
 
 def _check_exec_size(config: RunConfig, layers: Any) -> None:
-    """The largest worker environment fits what `execve` accepts (else exit 65, or at a
-    reload an aborted rollout with the old workers kept)."""
+    """The largest worker environment fits what `execve` accepts (else exit 65 at launch;
+    at a reload the rollout is skipped and the old workers keep serving)."""
     from launcher import limits
     from launcher.environment import compose
 

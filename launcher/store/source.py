@@ -28,6 +28,11 @@ their `${secret:NAME}` references resolved, rendered files), rebuilt on every sn
   lower than one this source has already returned raises `VersionRegression` — an older file
   put back by hand is refused, and the caller keeps what it runs. `secrets rollback` writes a
   newer version, so it rolls out like any update.
+- `check(layers)` is the caller's last word on a snapshot, run on every one before it is
+  returned: the run command measures the largest worker's environment against `execve`'s
+  limits there (limits.py, issue #15). A snapshot it refuses raises like any other, so a
+  launch exits 65 and a reload skips the rollout with the old workers serving, where a
+  version that grew the environment past the kernel's limit was found only at spawn.
 - Errors are LauncherErrors with messages fit for a log line; no value is ever in them.
 
 Like the rest of the store, it stays off `typing`, `pathlib` and `dataclasses` (launch path).
@@ -87,6 +92,7 @@ class SecretsSource:
         extras: Callable[[Mapping[str, str]], Extras] | None = None,
         python_target: bool = False,
         environ: Mapping[str, str] = os.environ,
+        check: Callable[[EnvironmentLayers], None] | None = None,
     ) -> None:
         self.store = store
         self.secret_set = secret_set
@@ -94,6 +100,7 @@ class SecretsSource:
         self._extras = extras
         self._python_target = python_target
         self._environ = environ
+        self._check = check
         self._keyring: Keyring | None = None  # loaded on first need: no set, no key needed
         self._floor: dict[str, int] = {}  # name -> highest version handed out
 
@@ -138,10 +145,6 @@ class SecretsSource:
         )
         self._check_forward(self.secret_set, version)
         self._check_forward(PLATFORM, platform_version)
-        # Only a snapshot that passed every check moves the floors.
-        for name, seen in ((self.secret_set, version), (PLATFORM, platform_version)):
-            if name and seen is not None:
-                self._floor[name] = max(seen, self._floor.get(name, 0))
         extras = self._extras(secrets) if self._extras is not None else Extras({}, [], {})
         # File secrets (`secrets set --file`) leave the environment for private files.
         delivery = deliver(
@@ -159,6 +162,12 @@ class SecretsSource:
             files=delivery.files,
             file_variables=delivery.file_variables,
         )
+        if self._check is not None:
+            self._check(layers)
+        # Only a snapshot that passed every check moves the floors.
+        for name, seen in ((self.secret_set, version), (PLATFORM, platform_version)):
+            if name and seen is not None:
+                self._floor[name] = max(seen, self._floor.get(name, 0))
         masked = list(secrets.values()) + extras.masked + delivery.masked
         for name in PLATFORM_CREDENTIALS[1:]:  # the URL is not a secret; key and secret are
             value = platform.get(name) or self._environ.get(name)
