@@ -131,7 +131,9 @@ def test_a_secrets_version_too_large_for_execve_is_not_rolled_out(
            "PROBE_NOTIFY": "1"}  # fmt: skip
     # A real limit the kernel enforces: with `ulimit -s 1024`, execve takes at most 256 KiB
     # of argv and environment, in the launcher and in every worker it spawns.
-    argv = cli.argv("--secrets", "prod", "--ready", "notify", str(PROBE))
+    # --preload none: each worker is exec'd (a template-forked one would not meet the limit
+    # until it runs a program itself; the check holds for both).
+    argv = cli.argv("--secrets", "prod", "--preload", "none", "--ready", "notify", str(PROBE))
     launcher = Launcher(["sh", "-c", 'ulimit -s 1024 && exec "$@"', "sh", *argv], env, cli.cwd)
     try:
         pid = int(launcher.wait_event("worker_ready")["pid"])  # type: ignore[call-overload]
