@@ -99,6 +99,8 @@ def test_an_import_error_is_failed_before_ready_with_its_masked_last_lines(
     lines = "\n".join(exited["last_lines"])  # type: ignore[arg-type]
     assert "ModuleNotFoundError" in lines and "using token ***" in lines
     assert "tok-very-secret" not in launcher.output()
+    # The worker is spawned (and may fail) before the control socket is up.
+    launcher.wait_event("control_listening")
     status = _status(cli)
     assert status["workers"][0]["exit_reason"] == "failed-before-ready (code 1)"  # type: ignore[index]
     record = status["recent_exits"][0]  # type: ignore[index]
@@ -114,6 +116,7 @@ def test_a_readiness_timeout_is_named_in_status_and_logs(
     launcher = launch("--ready", "notify", "--ready-timeout", "1", str(PROBE))
     ended = launcher.wait_event("worker_drained", timeout=60)
     assert ended["reason"] == "readiness-timeout"
+    launcher.wait_event("control_listening")
     deadline = time.monotonic() + 30
     while _status(cli)["workers"][0]["exit_reason"] != "readiness-timeout":  # type: ignore[index]
         assert time.monotonic() < deadline
