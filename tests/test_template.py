@@ -10,7 +10,10 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -328,3 +331,43 @@ def test_a_stuck_template_is_replaced_and_the_restart_happens_the_old_way(
     launcher.wait_event("template_exited", pid=template, timeout=DEADLINE)
     second = [r for p, r in _wait_reports(probe_dir, 2).items() if p != first]
     assert not second[0]["preloaded"] and second[0]["ppid"] == launcher.proc.pid
+
+
+def _asked(template: int) -> bool:
+    """A request from the launcher waits unread in the (stopped) template's socket."""
+    table = subprocess.run(["ss", "-x", "-p", "-H"], capture_output=True, text=True).stdout
+    return any(
+        f"pid={template}," in line and int(line.split()[2]) > 0 for line in table.splitlines()
+    )
+
+
+def test_the_event_loop_answers_while_a_stuck_template_is_asked_for_a_fork(
+    cli: CLI, launch: Callable[..., Launcher], probe_dir: Path
+) -> None:
+    """While the launcher waits for a stopped template's answer, /healthz answers; resumed, it forks the restart."""
+    launcher = launch(
+        "--preload", "colorsys", "--ready-delay", "0.2", "--health", "127.0.0.1:0", str(OBSERVER),
+        env={"AGENT_RUN_TEMPLATE_TIMEOUT": "300"},  # the wait outlasts the whole test
+    )  # fmt: skip
+    address = launcher.wait_event("health_listening", timeout=DEADLINE)["address"]
+    template = _template_pid(launcher)
+    (first,) = _wait_reports(probe_dir, 1)
+    os.kill(template, signal.SIGSTOP)
+    try:
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + DEADLINE
+        while not _asked(template):  # the restart has asked the template: the wait is on
+            assert time.monotonic() < deadline, "the launcher never asked the template"
+            time.sleep(0.05)
+        try:
+            with urllib.request.urlopen(f"http://{address}/healthz", timeout=DEADLINE) as answer:
+                status = answer.status
+        except urllib.error.HTTPError as refused:  # 503 is an answer too: the loop ran
+            status = refused.code
+        assert status in (200, 503)
+        assert not [e for e in launcher.events if e.get("event") == "template_failed"]
+    finally:
+        os.kill(template, signal.SIGCONT)
+    second = [r for p, r in _wait_reports(probe_dir, 2).items() if p != first]
+    assert second[0]["preloaded"] and second[0]["ppid"] == launcher.proc.pid
+    assert alive(template)

@@ -57,6 +57,7 @@ OTHER_VARIABLES = frozenset(
         "AGENT_RUN_FILES",
         "AGENT_RUN_API_TOKEN",  # a key of the bound set (session API token), not a variable
         "AGENT_RUN_TEMPLATE_FD",
+        "AGENT_RUN_TEMPLATE_TIMEOUT",  # seconds a template has to answer (tests: long)
     }
 )
 KEY_SEARCH_ORDER = (

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING
 
 from launcher.process import reaper
 from launcher.process import worker as process
-from launcher.process.template_runtime import BOOTSTRAP, CHANNEL_VARIABLE
+from launcher.process.template_runtime import BOOTSTRAP, CHANNEL_VARIABLE, PING
 
 if TYPE_CHECKING:
     from launcher.config import RunConfig
@@ -49,9 +49,11 @@ if TYPE_CHECKING:
 Log = Callable[..., None]
 
 READY_TIMEOUT = 120.0  # for the template's imports, at launch (then: the old way)
-# For one fork; longer means stuck (a fork takes milliseconds, a few hundred on a loaded
-# machine with a large heap). The wait blocks the launcher's loop: it must stay short.
+# For one answer; longer means stuck (a fork takes milliseconds, a few hundred on a loaded
+# machine with a large heap). The event loop awaits a ping first (`answering`), so only a
+# template stuck between the ping and the fork can hold the loop this long.
 REPLY_TIMEOUT = 2.0
+TIMEOUT_VARIABLE = "AGENT_RUN_TEMPLATE_TIMEOUT"  # seconds; REPLY_TIMEOUT when unset or bad
 MAX_STARTS = 4  # a template that keeps dying is given up on: processes start the old way
 _STARTUP_PREFIXES = ("PYTHON", "LC_")
 _STARTUP_NAMES = frozenset({"LANG", "LANGUAGE", "HOME", "PATH"})
@@ -118,6 +120,7 @@ class Template:
         self._started_at = 0.0
         self._closing = False
         self._said: set[str] = set()
+        self.reply_timeout = _reply_timeout(os.environ.get(TIMEOUT_VARIABLE))
 
     def attach_log(self, log: Log) -> None:
         """Logging exists now: what happened before is logged first."""
@@ -236,6 +239,35 @@ class Template:
 
     # --- forks ------------------------------------------------------------------------------
 
+    def serving(self) -> bool:
+        """Running and done importing: the next `launch` would ask it for a fork."""
+        return self.pid is not None and self._control is not None and self._poll(0.0)
+
+    async def answering(self) -> None:
+        """Await (without blocking the event loop) a ping answered by a serving template;
+        a template that does not answer within the timeout is failed (killed, restarted), so
+        the `launch` that follows spawns the old way at once instead of waiting on it."""
+        import anyio
+
+        control = self._control
+        if not self.serving() or control is None:
+            return
+        try:
+            control.send(PING)
+            with anyio.fail_after(self.reply_timeout):
+                await anyio.wait_readable(control)
+            reply = control.recv(4096)
+        except TimeoutError:
+            if control is self._control:
+                self._failed(f"no answer within {self.reply_timeout:g} s")
+            return
+        except OSError as error:
+            if control is self._control:
+                self._failed(f"ping failed: {error}")
+            return
+        if reply != PING and control is self._control:
+            self._failed("the template closed its socket" if not reply else "a bad answer")
+
     def unusable(self, argv: Sequence[str], env: Mapping[str, str]) -> str | None:
         """Why this process cannot come from the template (None: it can)."""
         if self.pid is None and not self._closing and not self.start():
@@ -312,10 +344,10 @@ class Template:
             socket.send_fds(control, [b"fork"], fds)
         finally:
             theirs.close()
-        readable, _, _ = select.select([control], [], [], REPLY_TIMEOUT)
+        readable, _, _ = select.select([control], [], [], self.reply_timeout)
         if not readable:
             ours.close()
-            raise OSError(f"no answer within {REPLY_TIMEOUT:g} s")
+            raise OSError(f"no answer within {self.reply_timeout:g} s")
         reply = control.recv(4096)
         if not reply:
             ours.close()
@@ -363,6 +395,14 @@ class Template:
             self._said.add(key)
             fields.setdefault("level", "warning" if event != "template_not_used" else "info")
             self.log(event, **fields)
+
+
+def _reply_timeout(text: str | None) -> float:
+    try:
+        value = float(text) if text else REPLY_TIMEOUT
+    except ValueError:
+        return REPLY_TIMEOUT
+    return value if value > 0 else REPLY_TIMEOUT
 
 
 def for_target(

@@ -38,6 +38,8 @@ import sys
 from typing import Any, ClassVar
 
 CHANNEL_VARIABLE = "AGENT_RUN_TEMPLATE_FD"
+PING = b"ping"  # asked and answered as is: the template is serving
+
 MODULE_NAME = "_agent_run_template_runtime"
 MAX_MESSAGE = 1 << 16
 PR_SET_PDEATHSIG = 1
@@ -132,6 +134,9 @@ def serve(argv: list[str]) -> dict[str, Any]:
             os._exit(0)
         if not message:
             os._exit(0)  # the launcher closed its end: it is gone or stopping us
+        if message == PING:  # the launcher checks we answer before it waits for a fork
+            control.sendall(PING)
+            continue
         for stream in (sys.stdout, sys.stderr):  # nothing of ours may reach a child's fds
             if stream is not None:
                 stream.flush()

@@ -14,7 +14,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -34,6 +34,7 @@ from launcher.ops.status import (
 )
 from launcher.process import reaper
 from launcher.process.readiness import ReadySpec, probe_until_ready
+from launcher.process.template import Template
 from launcher.process.worker import Worker, WorkerFactory
 from launcher.supervision import planner
 from launcher.supervision.exits import ExitLedger
@@ -409,10 +410,20 @@ class Engine:
         return code
 
     async def _drive(self) -> int:
+        asked = False
         while True:
             self._wake = anyio.Event()
             now = self.clock()
             result = planner.plan(self.state, now)
+            template = None if asked else self._template_to_ask(result.actions)
+            if template is not None:
+                # Its fork answer is awaited on this loop: a stuck template must not hold
+                # it (signals, probes, the control socket). Asked first, then planned again
+                # (the plan is pure): what happened meanwhile is in the new plan.
+                asked = True
+                await template.answering()
+                continue
+            asked = False
             self.state = result.state
             self._report(result.notes)
             deferred = False
@@ -436,6 +447,13 @@ class Engine:
             timeout = None if result.wake_at is None else max(0.0, result.wake_at - self.clock())
             with anyio.move_on_after(timeout):
                 await self._wake.wait()
+
+    def _template_to_ask(self, actions: Sequence[planner.Action]) -> Template | None:
+        """The template the next start would fork from, when these actions start one."""
+        template = getattr(getattr(self.factory, "launch", None), "__self__", None)
+        if not isinstance(template, Template) or not template.serving():
+            return None
+        return template if any(isinstance(a, planner.Start) for a in actions) else None
 
     def _apply(self, action: planner.Action) -> None:
         if isinstance(action, planner.Start):
