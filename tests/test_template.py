@@ -371,3 +371,33 @@ def test_the_event_loop_answers_while_a_stuck_template_is_asked_for_a_fork(
     second = [r for p, r in _wait_reports(probe_dir, 2).items() if p != first]
     assert second[0]["preloaded"] and second[0]["ppid"] == launcher.proc.pid
     assert alive(template)
+
+
+WEBSOCKET_AGENT = """
+import gc, json, os, sys
+
+import starlette  # the agent uses Starlette: the runtime's warm-up imports uvicorn for it
+
+
+async def bot(runner_args):
+    tracked = {id(o) for o in gc.get_objects()}  # gc.freeze() in the template hid the rest
+    names = ("starlette.websockets", "uvicorn.config", "uvicorn.protocols.websockets.auto")
+    report = {name: id(sys.modules[name]) not in tracked for name in names}
+    path = os.path.join(os.environ["SESSION_DIR"], runner_args.session_id + ".json")
+    with open(path + ".tmp", "w") as stream:
+        json.dump(report, stream)
+    os.replace(path + ".tmp", path)
+"""
+
+
+def test_the_session_runtimes_websocket_imports_come_from_the_template(
+    serve: Callable[..., Server],  # noqa: F811 -- the fixture imported above
+    tmp_path: Path,
+) -> None:
+    """A Starlette/Pipecat agent's processes find the runtime's uvicorn imports done in the template."""
+    agent = tmp_path / "web_bot.py"
+    agent.write_text(WEBSOCKET_AGENT)
+    server = serve("--idle", "1", target=str(agent))
+    answer = server.started({})
+    report = server.file(f"{answer['id']}.json")
+    assert report == dict.fromkeys(report, True) and len(report) == 3

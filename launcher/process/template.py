@@ -406,9 +406,14 @@ def _reply_timeout(text: str | None) -> float:
 
 
 def for_target(
-    config: RunConfig, layers: EnvironmentLayers, *, session: bool, extra: Sequence[str] = ()
+    config: RunConfig,
+    layers: EnvironmentLayers,
+    *,
+    session: bool,
+    extra: Callable[[Sequence[str]], Sequence[str]] = lambda found: (),
 ) -> Template | None:
-    """The template for this launch, or None (see `preload.modules_for`)."""
+    """The template for this launch, or None (see `preload.modules_for`); `extra(found)`
+    names modules to import first, given the ones found."""
     from launcher.process.preload import modules_for
 
     modules = modules_for(config, session=session)
@@ -417,5 +422,6 @@ def for_target(
     if not process.become_subreaper() and os.getpid() != 1:
         return None  # its forks would be re-parented to init, out of our reach
     withheld = [*layers.secrets, *layers.env_files, *layers.platform]
-    modules = [*extra, *(m for m in modules if m not in extra)]
+    first = list(extra(modules))
+    modules = [*first, *(m for m in modules if m not in first)]
     return Template(modules, template_environment(layers.inherited, withheld))

@@ -6,6 +6,7 @@ import the HTTP layer; this module is the one place that knows both.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from launcher.sessions.service import SessionRuntime
@@ -76,7 +77,7 @@ def serve(plan: Plan, entry: Entrypoint) -> int:
 
     # Warm processes forked from a secret-free template (#18): the agent's dependencies are
     # imported once; each process then imports only the agent itself, with its secrets.
-    template = for_target(config, plan.layers, session=True, extra=SESSION_PRELOAD)
+    template = for_target(config, plan.layers, session=True, extra=session_preload)
     if template is not None and template.start():
         template.wait_ready(config.ready_timeout)
     import anyio
@@ -90,6 +91,23 @@ def serve(plan: Plan, entry: Entrypoint) -> int:
 
 # What the session runtime (runtime.py) imports in every process, besides the agent.
 SESSION_PRELOAD = ("asyncio", "json", "inspect", "traceback", "socket", "contextlib")
+# And what its warm-up imports when the agent uses Pipecat or Starlette (_prepare_websocket:
+# ~90 modules of Starlette and uvicorn). Each process imported them itself until they were
+# preloaded: ~200 ms of the first session after `secrets set` on a loaded machine (#18).
+WEBSOCKET_PRELOAD = (
+    "starlette.websockets",
+    "uvicorn.config",
+    "uvicorn.server",
+    "uvicorn.protocols.http.auto",
+    "uvicorn.protocols.websockets.auto",
+    "uvicorn.lifespan.off",
+)
+
+
+def session_preload(found: Sequence[str]) -> list[str]:
+    """The runtime's own imports, given the agent's dependencies `found` by --preload."""
+    users = {name.partition(".")[0] for name in found} & {"pipecat", "starlette"}
+    return [*SESSION_PRELOAD, *(WEBSOCKET_PRELOAD if users else ())]
 
 
 async def _main(
