@@ -945,27 +945,10 @@ def build_plan(config: RunConfig) -> Any:
 
 
 def _read_template(path: str) -> str:
+    from launcher.cli.text_input import read_text
     from launcher.process.private_files import MAX_FILE_BYTES
 
-    try:
-        with open(path, "rb") as stream:
-            data = stream.read(MAX_FILE_BYTES + 1)
-    except FileNotFoundError:
-        raise InvalidInput(f"--render: template {path} does not exist") from None
-    except IsADirectoryError:
-        raise InvalidInput(f"--render: template {path} is a directory") from None
-    except PermissionError:
-        from launcher.errors import PermissionProblem
-
-        raise PermissionProblem(
-            f"--render: cannot read template {path}: permission denied"
-        ) from None
-    if len(data) > MAX_FILE_BYTES:
-        raise InvalidInput(f"--render: template {path} is larger than {MAX_FILE_BYTES} bytes")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InvalidInput(f"--render: template {path} is not UTF-8 text") from None
+    return read_text(path, f"--render: template {path}", MAX_FILE_BYTES)
 
 
 def _check_runtime_dir(run_dir: str, name: str, named: bool) -> None:

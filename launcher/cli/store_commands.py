@@ -475,6 +475,7 @@ def _file_values(path: Path, ignore_empty: bool) -> dict[str, str]:
 
 def _file_secrets(specs: Sequence[str]) -> dict[str, str]:
     """`--file NAME=PATH` -> {NAME: the file's content}; read as values are checked."""
+    from launcher.cli.text_input import read_text
     from launcher.store.names import MAX_VALUE_BYTES
 
     contents: dict[str, str] = {}
@@ -484,25 +485,12 @@ def _file_secrets(specs: Sequence[str]) -> dict[str, str]:
             raise UsageError(f"--file {spec}: write NAME=PATH (e.g. GOOGLE_CREDS=./sa.json)")
         if name in contents:
             raise InvalidInput(f"--file: {name} given more than once (nothing was stored)")
-        try:
-            with open(path, "rb") as stream:
-                data = stream.read(MAX_VALUE_BYTES + 1)
-        except FileNotFoundError:
-            raise InvalidInput(f"--file {name}: {path} does not exist") from None
-        except IsADirectoryError:
-            raise InvalidInput(f"--file {name}: {path} is a directory") from None
-        except PermissionError:
-            raise PermissionProblem(
-                f"--file {name}: cannot read {path}: permission denied"
-            ) from None
-        if len(data) > MAX_VALUE_BYTES:
-            raise InvalidInput(f"--file {name}: {path} is larger than {MAX_VALUE_BYTES} bytes")
-        try:
-            contents[name] = data.decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidInput(
-                f"--file {name}: {path} is not UTF-8 text (file secrets hold text: JSON, PEM)"
-            ) from None
+        contents[name] = read_text(
+            path,
+            f"--file {name}: {path}",
+            MAX_VALUE_BYTES,
+            hint=" (file secrets hold text: JSON, PEM)",
+        )
     return contents
 
 
@@ -842,7 +830,6 @@ def cmd_key_init(args: argparse.Namespace) -> int:
 
 def _write_key(path: Path, key: bytes) -> None:
     """`write_key_file`, with its failures as one line (FileExistsError is the caller's)."""
-    from launcher.errors import PermissionProblem
     from launcher.store.keys import write_key_file
 
     try:
