@@ -82,11 +82,12 @@ class Runtime:
             cwd=ROOT,
         )
         atexit.register(self._kill)  # a failed run must not leave a launcher behind
-        assert self.proc.stderr is not None
         self.events: list[dict[str, Any]] = []
+        assert self.proc.stderr is not None
         address = None
         for line in self.proc.stderr:
             event = json.loads(line) if line.startswith("{") else {}
+            self.events.append(event)
             if event.get("event") == "sessions_listening":
                 address = event["address"]
                 break
@@ -140,6 +141,27 @@ class Runtime:
         code = self.proc.wait(timeout=120)
         self.http.close()
         return code
+
+
+def cpu_times(runtime: Runtime) -> dict[str, float]:
+    """CPU seconds so far: the launcher's own; the processes it reaped (sessions and warm
+    processes, which are its children); the template's own; the template's reaped children
+    (the middle process of each double fork)."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def times(pid: int) -> list[float]:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return [int(value) / tick for value in fields[11:15]]  # utime stime cutime cstime
+
+    launcher = times(runtime.proc.pid)
+    template = [e["pid"] for e in runtime.events if e.get("event") == "template"]
+    own = times(template[-1]) if template else [0.0] * 4
+    return {
+        "launcher": launcher[0] + launcher[1],
+        "its processes": launcher[2] + launcher[3],
+        "template": own[0] + own[1],
+        "template's forks": own[2] + own[3],
+    }
 
 
 def alive(pid: int) -> bool:
@@ -371,14 +393,20 @@ def main() -> int:
         print(f"warm start (HTTP round trip):     {summary(rtt)}")
 
         # Sustained: back to back, as fast as the runtime answers.
+        before = cpu_times(runtime)
         count, warm_count, start = 0, 0, time.perf_counter()
         while time.perf_counter() - start < args.seconds:
             answer, _, _ = runtime.post({"sustained": count})
             count += 1
             warm_count += bool(answer["warm"])
         rate = count / (time.perf_counter() - start)
+        spent = {role: (cpu_times(runtime)[role] - before[role]) / count for role in before}
         print(
             f"sustained session starts:         {rate:7.1f} /s  ({warm_count}/{count} warm, --idle 8)"
+        )
+        print(
+            "  CPU per session start:          "
+            + ", ".join(f"{role} {seconds * 1000:.2f} ms" for role, seconds in spent.items())
         )
         leftovers |= runtime.pids()
         assert runtime.stop() == 0

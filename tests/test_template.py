@@ -263,6 +263,9 @@ def test_preload_discovery_takes_dependencies_and_never_the_agents_own_modules(
     )
     found = preload.discover(Target(TargetKind.SCRIPT, str(tmp_path / "bot.py")))
     assert found == ["os", "json", "pipecat.pipeline", "yaml"]
+    # The agent's own files, which the template compiles and never runs.
+    files = preload.agent_files(Target(TargetKind.SCRIPT, str(tmp_path / "bot.py")))
+    assert files == [str(tmp_path / "bot.py"), str(tmp_path / "helpers" / "__init__.py")]
     assert preload.third_party(found) == ["pipecat.pipeline", "yaml"]
     assert preload.parse("none") == "none" and preload.parse("a.b, c") == ("a.b", "c")
     with pytest.raises(ValueError):
@@ -401,3 +404,92 @@ def test_the_session_runtimes_websocket_imports_come_from_the_template(
     answer = server.started({})
     report = server.file(f"{answer['id']}.json")
     assert report == dict.fromkeys(report, True) and len(report) == 3
+
+
+# Reports whether the code it runs is the template's: its functions' code objects are the
+# ones the template compiled from this file (template_runtime._CompiledSources), and the
+# session runtime's functions were made in the template (frozen: not in gc.get_objects()).
+COMPILED_AGENT = """
+import gc, json, os, sys
+
+MARK = "first"
+
+
+def _report(name, extra):
+    template = sys.modules.get("_agent_run_template_runtime")
+    known = template._CompiledSources.code.get(__file__) if template else None
+    report = {
+        "mark": MARK,
+        "code_from_template": known is not None
+        and any(const is _report.__code__ for const in known[1].co_consts),
+        **extra,
+    }
+    with open(os.path.join(os.environ["PROBE_DIR"], name + ".tmp"), "w") as stream:
+        json.dump(report, stream)
+    os.replace(os.path.join(os.environ["PROBE_DIR"], name + ".tmp"),
+               os.path.join(os.environ["PROBE_DIR"], name))
+
+
+async def bot(runner_args):
+    runtime = sys.modules["_agent_run_session_runtime"]
+    made_here = any(o is runtime.main for o in gc.get_objects())
+    _report(runner_args.session_id + ".json", {"runtime_from_template": not made_here})
+
+
+if __name__ == "__main__":
+    import time
+    _report(f"{os.getpid()}.json", {"pid": os.getpid()})
+    time.sleep(600)
+"""
+
+
+def test_sessions_run_code_the_template_compiled_and_never_stale_code(
+    serve: Callable[..., Server],  # noqa: F811 -- the fixture imported above
+    cli: CLI,
+    tmp_path: Path,
+    probe_dir: Path,
+) -> None:
+    """Without bytecode files, a session runs the template's compiled agent and runtime; an
+    agent file edited since runs its new code."""
+    agent = tmp_path / "compiled_bot.py"
+    agent.write_text(COMPILED_AGENT)
+    server = serve("--idle", "1", target=str(agent), env={"PYTHONDONTWRITEBYTECODE": "1"})
+    _template_pid(server.launcher)
+    answer = server.started({})
+    report = _wait_file(probe_dir / f"{answer['id']}.json")
+    assert report == {"mark": "first", "code_from_template": True, "runtime_from_template": True}
+    agent.write_text(COMPILED_AGENT.replace('MARK = "first"', 'MARK = "edited"'))
+    # A new version replaces the idle process, which imported the file before the edit.
+    assert cli("secrets", "set", "demo", "DEMO_API_KEY=value-2").returncode == 0
+    answer = server.started({})
+    report = _wait_file(probe_dir / f"{answer['id']}.json")
+    assert report == {"mark": "edited", "code_from_template": False, "runtime_from_template": True}
+
+
+def test_workers_run_the_script_the_template_compiled_and_never_stale_code(
+    launch: Callable[..., Launcher], tmp_path: Path, probe_dir: Path
+) -> None:
+    """Without bytecode files, a forked worker runs the script as the template compiled it; a
+    restart after an edit runs the new code."""
+    agent = tmp_path / "compiled_worker.py"
+    agent.write_text(COMPILED_AGENT.replace("async def bot(", "async def not_a_bot("))
+    launcher = launch("--preload", "colorsys", str(agent), env={"PYTHONDONTWRITEBYTECODE": "1"})
+    _template_pid(launcher)
+    ((pid, report),) = _wait_reports(probe_dir, 1).items()
+    assert report == {"mark": "first", "code_from_template": True, "pid": pid}
+    agent.write_text(agent.read_text().replace('MARK = "first"', 'MARK = "edited"'))
+    os.kill(pid, signal.SIGKILL)
+    launcher.wait_event("worker_restarted", timeout=DEADLINE)
+    reports = _wait_reports(probe_dir, 2)
+    (restarted,) = (r for p, r in reports.items() if p != pid)
+    assert restarted["mark"] == "edited" and restarted["code_from_template"] is False
+
+
+def _wait_file(path: Path) -> dict:  # type: ignore[type-arg]
+    deadline = time.monotonic() + DEADLINE
+    while not path.exists():
+        assert time.monotonic() < deadline, f"no {path.name}"
+        time.sleep(0.02)
+    import json
+
+    return json.loads(path.read_text())  # type: ignore[no-any-return]

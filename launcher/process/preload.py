@@ -93,13 +93,26 @@ def _target_file(target: Target, directory: str) -> str | None:
 
 def discover(target: Target) -> list[str]:
     """The third-party (and standard library) modules the agent imports at its top level."""
+    return _walk(target)[0]
+
+
+def agent_files(target: Target) -> list[str]:
+    """The agent's own source files that its top-level imports reach, by the paths its
+    importer will open them by: the template compiles them, never runs them."""
+    return _walk(target)[1]
+
+
+def _walk(target: Target) -> tuple[list[str], list[str]]:
+    """(modules the agent imports, the agent's own files read), from its target file."""
     directory = agent_directory(target)
     first = _target_file(target, directory)
     if first is None:
-        return []
-    queue, seen, modules = [first], {os.path.realpath(first)}, []
+        return [], []
+    first = os.path.abspath(first)
+    queue, seen, modules, files = [first], {os.path.realpath(first)}, [], []
     while queue and len(seen) <= _FILES_READ:
         path = queue.pop(0)
+        files.append(path)
         try:
             with open(path, "rb") as source:
                 names = imported_names(source.read())
@@ -116,7 +129,7 @@ def discover(target: Target) -> list[str]:
             if own is not None and os.path.realpath(own) not in seen:
                 seen.add(os.path.realpath(own))
                 queue.append(own)
-    return modules
+    return modules, files
 
 
 def third_party(modules: Iterable[str]) -> list[str]:

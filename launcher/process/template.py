@@ -103,9 +103,19 @@ class Template:
     """One template interpreter, restarted when it dies; `launch` forks from it."""
 
     def __init__(
-        self, modules: Sequence[str], environment: Mapping[str, str], python: str = sys.executable
+        self,
+        modules: Sequence[str],
+        environment: Mapping[str, str],
+        python: str = sys.executable,
+        *,
+        loaded: Mapping[str, str] | None = None,
+        compiled: Sequence[str] = (),
     ) -> None:
         self.modules = list(modules)
+        # Files the template loads as modules by path (ours: NAME -> PATH), and the agent's
+        # own files it compiles, never runs (template_runtime's ENTRY forms).
+        self.loaded = dict(loaded or {})
+        self.compiled = list(compiled)
         self.environment = dict(environment)  # secret-free, as the template was started
         self.python = python
         self.pid: int | None = None
@@ -140,6 +150,8 @@ class Template:
         env = {**self.environment, CHANNEL_VARIABLE: str(theirs.fileno())}
         here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "template_runtime.py")
         argv = [self.python, "-c", BOOTSTRAP, here, str(os.getpid()), *self.modules]
+        argv += [f"{name}={path}" for name, path in self.loaded.items()]
+        argv += [f"@{path}" for path in self.compiled]
         devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         try:
             pid = process.fork_exec(
@@ -411,10 +423,12 @@ def for_target(
     *,
     session: bool,
     extra: Callable[[Sequence[str]], Sequence[str]] = lambda found: (),
+    loaded: Mapping[str, str] | None = None,
 ) -> Template | None:
     """The template for this launch, or None (see `preload.modules_for`); `extra(found)`
-    names modules to import first, given the ones found."""
-    from launcher.process.preload import modules_for
+    names modules to import first, given the ones found; `loaded` files of ours it loads as
+    modules (NAME -> PATH)."""
+    from launcher.process.preload import agent_files, modules_for
 
     modules = modules_for(config, session=session)
     if modules is None:
@@ -424,4 +438,9 @@ def for_target(
     withheld = [*layers.secrets, *layers.env_files, *layers.platform]
     first = list(extra(modules))
     modules = [*first, *(m for m in modules if m not in first)]
-    return Template(modules, template_environment(layers.inherited, withheld))
+    return Template(
+        modules,
+        template_environment(layers.inherited, withheld),
+        loaded=loaded,
+        compiled=agent_files(config.target),
+    )

@@ -52,16 +52,20 @@ CLOSE_WAIT_S = 5.0  # after the call: time for the closing handshake before the 
 MODULE_NAME = "_agent_run_session_runtime"  # nothing a project would call its own module
 
 # Run by `python -c`; argv[1] is this file. Standard library only, nothing from the cwd:
-# the "" that -c puts first on sys.path goes before anything is imported through it.
+# the "" that -c puts first on sys.path goes before anything is imported through it. A
+# process forked from a template (#18) finds this file loaded already, by the template.
 BOOTSTRAP = f"""\
 import sys
 if sys.path and sys.path[0] == "":
     del sys.path[0]
-from importlib.util import module_from_spec, spec_from_file_location
-spec = spec_from_file_location({MODULE_NAME!r}, sys.argv[1])
-runtime = module_from_spec(spec)
-sys.modules[spec.name] = runtime
-spec.loader.exec_module(runtime)
+runtime = sys.modules.get({MODULE_NAME!r})
+if getattr(runtime, "__file__", None) != sys.argv[1]:
+    from importlib.util import module_from_spec, spec_from_file_location
+    spec = spec_from_file_location({MODULE_NAME!r}, sys.argv[1])
+    runtime = module_from_spec(spec)
+    sys.modules[spec.name] = runtime
+    spec.loader.exec_module(runtime)
+    del spec, module_from_spec, spec_from_file_location
 runtime._exit(runtime.main(sys.argv[2:]))
 """
 
@@ -70,8 +74,12 @@ def command(
     python: str, kind: str, target: str, function: str, stop_signal: int, args: list[str]
 ) -> list[str]:
     """The argv of a session process: `python` runs this file, immune to the user's modules."""
-    here = os.path.abspath(__file__)
-    return [python, "-c", BOOTSTRAP, here, kind, target, function, str(stop_signal), *args]
+    return [python, "-c", BOOTSTRAP, file_path(), kind, target, function, str(stop_signal), *args]
+
+
+def file_path() -> str:
+    """This file, as the bootstrap loads it."""
+    return os.path.abspath(__file__)
 
 
 class RunnerArguments:
@@ -168,7 +176,7 @@ def load(kind: str, target: str, function: str) -> tuple[Callable[..., Any], Any
         import importlib.util
 
         path = os.path.abspath(target)
-        sys.path.insert(0, os.path.dirname(path))  # as `python bot.py` does
+        sys.path.insert(0, os.path.dirname(os.path.realpath(path)))  # as `python bot.py` does
         name = os.path.splitext(os.path.basename(path))[0]
         spec = importlib.util.spec_from_file_location(name, path)
         if spec is None or spec.loader is None:

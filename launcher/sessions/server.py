@@ -77,7 +77,10 @@ def serve(plan: Plan, entry: Entrypoint) -> int:
 
     # Warm processes forked from a secret-free template (#18): the agent's dependencies are
     # imported once; each process then imports only the agent itself, with its secrets.
-    template = for_target(config, plan.layers, session=True, extra=session_preload)
+    # It loads the session runtime too: each process then runs it without parsing it.
+    template = for_target(
+        config, plan.layers, session=True, extra=session_preload, loaded=runtime_module()
+    )
     if template is not None and template.start():
         template.wait_ready(config.ready_timeout)
     import anyio
@@ -102,6 +105,13 @@ WEBSOCKET_PRELOAD = (
     "uvicorn.protocols.websockets.auto",
     "uvicorn.lifespan.off",
 )
+
+
+def runtime_module() -> dict[str, str]:
+    """The session runtime, as each process's bootstrap looks it up (runtime.BOOTSTRAP)."""
+    from launcher.sessions import runtime
+
+    return {runtime.MODULE_NAME: runtime.file_path()}
 
 
 def session_preload(found: Sequence[str]) -> list[str]:
