@@ -440,3 +440,45 @@ def test_sessions_run_on_the_bots_own_interpreter(
     assert Path(session["prefix"]) == venv and session["body"] == {"n": 1}
     assert session["agent_run_importable"] is False
     assert "session mode" in server.launcher.output()
+
+
+def _warm_pids(cli: CLI, count: int, besides: set[int] = frozenset()) -> set[int]:  # type: ignore[assignment]
+    """Pids of ready warm processes (not in `besides`), once there are `count` of them."""
+    deadline = time.monotonic() + DEADLINE
+    while True:
+        answer = cli("status", "--json")
+        assert answer.returncode == 0, answer.stderr
+        warm = {w["pid"] for w in json.loads(answer.stdout)["warm"] if w["state"] == "warm"}
+        if len(warm - besides) >= count:
+            return warm - besides
+        assert time.monotonic() < deadline, f"only {len(warm - besides)} warm of {count}"
+        time.sleep(0.02)
+
+
+def test_starts_waiting_for_their_answer_never_keep_the_pool_empty(
+    serve: Callable[..., Server], cli: CLI
+) -> None:
+    """Refills wait for starts being answered only while a warm process is ready: two stuck
+    starts take both warm processes, and the pool refills while they still wait."""
+    import contextlib
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    server = serve("--idle", "2", "--ready-timeout", "600")
+    stuck = _warm_pids(cli, 2)
+    for pid in stuck:  # each start sends its session to a process that cannot answer yet
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            pending = [pool.submit(server.post, {}) for _ in range(2)]
+            refilled = _warm_pids(cli, 2, besides=stuck)
+            assert not any(start.done() for start in pending)
+            for pid in stuck:
+                os.kill(pid, signal.SIGCONT)
+            answers = [start.result() for start in pending]
+    finally:
+        for pid in stuck:
+            with contextlib.suppress(ProcessLookupError):  # its session may be over
+                os.kill(pid, signal.SIGCONT)
+    assert [a.status_code for a in answers] == [201, 201]
+    assert {a.json()["pid"] for a in answers} == stuck and not refilled & stuck

@@ -115,8 +115,7 @@ class Engine:
         self._reload_wake = anyio.Event()
         self._rollout_started_at: float | None = None
         self._bursts: list[tuple[anyio.Event, list[Worker | OSError]]] = []
-        self._deferring = 0  # session starts being answered: new processes wait (see defer)
-        self._undeferred = anyio.Event()
+        self._deferring = 0  # session starts being answered: refills may wait (see defer)
         # Hooks for session mode; worker mode keeps the defaults.
         self.on_spawned: Callable[[Worker], None] = lambda worker: None
         self.on_exited: Callable[[Worker], None] = lambda worker: None
@@ -289,14 +288,22 @@ class Engine:
 
     def defer_starts(self) -> None:
         """A session start is being answered: new warm processes wait (a fork costs the
-        event loop a few ms that the answer must not wait for). Pair with `resume_starts`."""
+        event loop a few ms that the answer must not wait for), as long as a warm one is
+        ready for the next start. Pair with `resume_starts`."""
         self._deferring += 1
 
     def resume_starts(self) -> None:
         self._deferring = max(0, self._deferring - 1)
         if not self._deferring:
-            self._undeferred.set()
-            self._undeferred = anyio.Event()
+            self._wake.set()
+
+    def _defers(self, action: planner.Action) -> bool:
+        """Whether this start waits for the session starts being answered: a refill does
+        while a warm process is ready; never a start a session waits for (a burst, slot
+        -1), and never the last refill, or overlapping starts would keep the pool empty."""
+        if not self._deferring or not isinstance(action, planner.Start) or action.slot < 0:
+            return False
+        return bool(self.warm(self.wanted_generation(), Phase.READY))
 
     def new_target(self, layers: EnvironmentLayers) -> int:
         """Roll out `layers` now (session mode's read-after-write path); its generation."""
@@ -432,15 +439,17 @@ class Engine:
                     self.exit_code = action.code
                     self.on_change()
                     return action.code
-                if isinstance(action, planner.Start) and self._deferring and action.slot >= 0:
-                    deferred = True  # refills wait until the session start is answered
+                if self._defers(action):
+                    deferred = True
                     continue
                 self._apply(action)
             self._settle_waiters()
             self.on_change()
             if deferred:
+                # Until the starts are answered, or anything else happens (a burst, an
+                # exit): a burst must never wait for the answer of a start waiting for it.
                 with anyio.move_on_after(1.0):
-                    await self._undeferred.wait()
+                    await self._wake.wait()
                 continue
             if result.actions:
                 continue  # what we did (a start) is already observed: plan again
