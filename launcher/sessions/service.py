@@ -171,6 +171,9 @@ class SessionRuntime:
         self.refused = 0  # older store versions refused (#12), for status and /metrics
         self.refused_reason: str | None = None
         self.sessions: OrderedDict[str, Session] = OrderedDict()
+        # The sessions not yet ended, so that admitting one counts them without a walk over
+        # the KEEP_ENDED sessions the table remembers (once per start).
+        self._running: set[Session] = set()
         self.draining = False
         self.metrics: Metrics | None = None
         self.ever_ready = False
@@ -439,7 +442,7 @@ class SessionRuntime:
     # --- sessions -------------------------------------------------------------------------
 
     def active(self) -> int:
-        return self._starting + sum(1 for s in self.sessions.values() if s.active)
+        return self._starting + len(self._running)
 
     def admit(self) -> None:
         """Count a start before any of its request is read: Refused(503) while draining,
@@ -613,12 +616,19 @@ class SessionRuntime:
 
     def _remember(self, session: Session) -> None:
         self.sessions[session.id] = session
-        if len(self.sessions) > KEEP_ENDED:
-            for key, old in list(self.sessions.items()):
-                if len(self.sessions) <= KEEP_ENDED:
+        if session.active:
+            self._running.add(session)
+        excess = len(self.sessions) - KEEP_ENDED
+        if excess > 0:
+            # The oldest ended sessions go; only as many entries are visited as it takes.
+            stale: list[str] = []
+            for key, old in self.sessions.items():
+                if len(stale) == excess:
                     break
                 if not old.active:
-                    del self.sessions[key]
+                    stale.append(key)
+            for key in stale:
+                del self.sessions[key]
 
     def list_sessions(self) -> list[dict[str, Any]]:
         return [s.as_dict() for s in self.sessions.values()]
@@ -695,6 +705,7 @@ class SessionRuntime:
         code = session.process.worker.exit_code
         session.exit_code = code
         session.ended_at = time.time()
+        self._running.discard(session)
         if session.process.worker.stop_sent:
             session.state = "stopped"
         elif session.state == "failed" or code != 0:

@@ -114,25 +114,64 @@ def classify(
 # --- OOM evidence -----------------------------------------------------------------------------
 
 
+# Asked at every spawn (the child's cgroup and ours), so what cannot change is kept: the
+# counter files a cgroup membership names (the cgroup v2 mount point does not move under a
+# running launcher), and the files seen to exist (a missing one is looked for again; one
+# removed since is read as "no count", as a file that vanished after the check always was).
+_CANDIDATES: dict[bytes, tuple[str, ...]] = {}
+_EXISTING: set[str] = set()
+_MOUNT: list[str | None] = []  # [the cgroup v2 mount point], once read
+
+
 def oom_counters(pid: int | str) -> list[str]:
     """The files holding the `oom_kill` count of the memory cgroup(s) `pid` is in."""
     try:
-        with open(f"/proc/{pid}/cgroup") as stream:
-            lines = stream.read().splitlines()
+        membership = _read_small(f"/proc/{pid}/cgroup")
     except OSError:
         return []
+    candidates = _CANDIDATES.get(membership)
+    if candidates is None:
+        if len(_CANDIDATES) >= 64:  # processes that moved themselves: keep the memo small
+            _CANDIDATES.clear()
+        candidates = _CANDIDATES[membership] = _candidates(membership)
+    return [path for path in candidates if path in _EXISTING or _exists(path)]
+
+
+def _read_small(path: str) -> bytes:
+    """A small file's bytes, with plain syscalls (no text-stream objects: once per spawn)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 4096):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _exists(path: str) -> bool:
+    if os.path.exists(path):
+        _EXISTING.add(path)
+        return True
+    return False
+
+
+def _candidates(membership: bytes) -> tuple[str, ...]:
+    """The counter files of the memory cgroup(s) in a /proc/PID/cgroup text."""
     found = []
-    for line in lines:
+    for line in os.fsdecode(membership).splitlines():
         _, controllers, path = line.split(":", 2)
         if controllers == "":
-            from launcher.process.containment import cgroup2_mount
+            if not _MOUNT:
+                from launcher.process.containment import cgroup2_mount
 
-            mount = cgroup2_mount()
+                _MOUNT.append(cgroup2_mount())
+            mount = _MOUNT[0]
             if mount is not None:
                 found.append(os.path.join(mount, path.lstrip("/"), "memory.events"))
         elif "memory" in controllers.split(","):
             found.append(os.path.join(CGROUP1_MEMORY, path.lstrip("/"), "memory.oom_control"))
-    return [path for path in found if os.path.exists(path)]
+    return tuple(found)
 
 
 def _oom_kills(path: str) -> int | None:
