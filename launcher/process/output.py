@@ -207,6 +207,13 @@ class Masker:
         pieces.append(data[last:])
         return b"".join(pieces)
 
+    def finds(self, data: bytes) -> bool:
+        """Whether `data` holds any form of any value (what `mask` would replace)."""
+        if self._pending:
+            self.prepare()
+        automaton = self._automaton
+        return automaton is not None and bool(automaton.find_matches_as_indexes(data))
+
     def mask_text(self, text: str) -> str:
         return self.mask(text.encode("utf-8", "surrogateescape")).decode("utf-8", "replace")
 
