@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -228,3 +229,17 @@ def test_relay_keeps_the_last_lines_masked(pipes: Pipes) -> None:
     assert f"line {RECENT_LINES + 4} ***" in recent
     assert "line 0 ***" not in recent
     assert not any(SECRET in line for line in recent)
+
+
+def test_a_mask_during_the_build_waits_for_the_automaton() -> None:
+    """A thread masking while another builds the automaton (the first time) masks the value."""
+    values = [f"value-{i:04d}-" + "x" * 200 for i in range(400)]  # a build that takes a while
+    masker = Masker(values)
+    builder = threading.Thread(target=masker.prepare)
+    builder.start()
+    deadline = time.monotonic() + 30
+    while not masker._lock.locked() and builder.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.0001)
+    masked = masker.mask(f"token {values[123]}\n".encode())
+    builder.join()
+    assert masked == b"token ***\n"

@@ -159,11 +159,15 @@ class Masker:
         """Mask these values too (a rollout's new values; the old ones stay masked, since
         draining workers still hold them). Relay threads see the new automaton at once."""
         with self._lock:
-            pending, self._pending = [*self._pending, *values], []
+            # The values stay pending until their automaton is in place: a relay thread that
+            # saw none pending would mask with the old automaton (or none at all, the first
+            # time) while this one is still being built, and print a value in clear.
+            pending = self._pending = [*self._pending, *values]
             patterns = set(self._patterns)
             for value in pending:
                 patterns |= _forms(value)
             if patterns == self._patterns:
+                self._pending = []
                 return
             import ahocorasick_rs
 
@@ -177,6 +181,7 @@ class Masker:
                 sorted(patterns), matchkind=ahocorasick_rs.MatchKind.LeftmostLongest, **options
             )
             self._patterns, self._automaton = patterns, automaton
+            self._pending = []
 
     def __bool__(self) -> bool:
         return self._automaton is not None or bool(self._pending)
