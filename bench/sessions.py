@@ -1,13 +1,15 @@
 """Session mode benchmark: session start latency, throughput, read-after-write, leftovers.
 
-Run: python bench/sessions.py [--rounds 200] [--warm 200] [--cold 30] [--seconds 5]
+Run: python bench/sessions.py [--rounds 200] [--warm 200] [--cold 30] [--seconds 5] [--clients 2]
 
 All against sample_agents/session_bot.py (its "model load" takes SESSION_BOT_LOAD_S, 0.2 s):
 - baseline: `python sample_agents/session_bot.py` from scratch to exit, in the same run;
 - warm start: POST /sessions -> the entrypoint running (the bot's own clock at entry), with
   --idle 8 and requests paced so a warm process is waiting; also the HTTP round trip;
 - cold start: the same with --idle 0 (a process is started per request);
-- sustained: sessions started back to back for --seconds, with --idle 8;
+- sustained: sessions started back to back for --seconds, with --idle 8, by one client and by
+  --clients at once; with the CPU each start cost the launcher, the processes it reaped
+  (sessions, warm processes), the template and the template's own forks;
 - read-after-write: --rounds times `agent-run secrets set` returns, then POST at once; the
   session's report (version, hash of the key) must show the new value (stale = 0);
 - leftovers: after TERM, no process that ever served or waited for a session is alive;
@@ -93,8 +95,12 @@ class Runtime:
                 break
         assert address, "the launcher did not start"
         threading.Thread(target=self._drain, daemon=True).start()
-        host, port = address.rsplit(":", 1)
-        self.http = http.client.HTTPConnection(host, int(port), timeout=60)
+        self.address = address
+        self.http = self.connection()
+
+    def connection(self) -> http.client.HTTPConnection:
+        host, port = self.address.rsplit(":", 1)
+        return http.client.HTTPConnection(host, int(port), timeout=60)
 
     def _drain(self) -> None:
         assert self.proc.stderr is not None
@@ -102,15 +108,16 @@ class Runtime:
             if line.startswith("{"):
                 self.events.append(json.loads(line))
 
-    def post(self, body: dict[str, Any]) -> tuple[dict[str, Any], float, float]:
-        """(answer, wall-clock send time, HTTP round trip in ms)."""
+    def post(
+        self, body: dict[str, Any], http: http.client.HTTPConnection | None = None
+    ) -> tuple[dict[str, Any], float, float]:
+        """(answer, wall-clock send time, HTTP round trip in ms), on `http` or our own."""
+        http = http or self.http
         data = json.dumps(body).encode()
         sent = time.time()
         start = time.perf_counter()
-        self.http.request(
-            "POST", "/sessions", body=data, headers={"Content-Type": "application/json"}
-        )
-        response = self.http.getresponse()
+        http.request("POST", "/sessions", body=data, headers={"Content-Type": "application/json"})
+        response = http.getresponse()
         payload = json.loads(response.read())
         elapsed = (time.perf_counter() - start) * 1000
         assert response.status == 201, payload
@@ -141,6 +148,38 @@ class Runtime:
         code = self.proc.wait(timeout=120)
         self.http.close()
         return code
+
+
+def sustained(runtime: Runtime, clients: int, seconds: float) -> None:
+    """Sessions started back to back by `clients` clients for `seconds`; the rate, and the
+    CPU each start cost each kind of process."""
+    counts = [[0, 0] for _ in range(clients)]  # started, of which warm
+    before = cpu_times(runtime)
+    start = time.perf_counter()
+
+    def client(index: int) -> None:
+        http = runtime.connection()
+        while time.perf_counter() - start < seconds:
+            answer, _, _ = runtime.post({"sustained": index}, http)
+            counts[index][0] += 1
+            counts[index][1] += bool(answer["warm"])
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - start
+    count, warm = sum(c[0] for c in counts), sum(c[1] for c in counts)
+    spent = {role: (cpu_times(runtime)[role] - before[role]) / count for role in before}
+    print(
+        f"sustained session starts, {clients} client{'s' if clients > 1 else ' '}: "
+        f"{count / elapsed:7.1f} /s  ({warm}/{count} warm, --idle 8)"
+    )
+    print(
+        "  CPU per session start:          "
+        + ", ".join(f"{role} {seconds * 1000:.2f} ms" for role, seconds in spent.items())
+    )
 
 
 def cpu_times(runtime: Runtime) -> dict[str, float]:
@@ -325,6 +364,9 @@ def main() -> int:
     parser.add_argument("--warm", type=int, default=200)
     parser.add_argument("--cold", type=int, default=30)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument(
+        "--clients", type=int, default=2, help="sustained starts also from this many clients"
+    )
     parser.add_argument("--calls", type=int, default=100, help="websocket calls (0: skip)")
     parser.add_argument("--only-calls", action="store_true", help="only the websocket part")
     parser.add_argument(
@@ -392,22 +434,9 @@ def main() -> int:
         print(f"warm start (request -> bot()):    {summary(entry)}  [{warm}/{args.warm} warm]")
         print(f"warm start (HTTP round trip):     {summary(rtt)}")
 
-        # Sustained: back to back, as fast as the runtime answers.
-        before = cpu_times(runtime)
-        count, warm_count, start = 0, 0, time.perf_counter()
-        while time.perf_counter() - start < args.seconds:
-            answer, _, _ = runtime.post({"sustained": count})
-            count += 1
-            warm_count += bool(answer["warm"])
-        rate = count / (time.perf_counter() - start)
-        spent = {role: (cpu_times(runtime)[role] - before[role]) / count for role in before}
-        print(
-            f"sustained session starts:         {rate:7.1f} /s  ({warm_count}/{count} warm, --idle 8)"
-        )
-        print(
-            "  CPU per session start:          "
-            + ", ".join(f"{role} {seconds * 1000:.2f} ms" for role, seconds in spent.items())
-        )
+        # Sustained: back to back, as fast as the runtime answers, from each of --clients.
+        for clients in sorted({1, args.clients}):
+            sustained(runtime, clients, args.seconds)
         leftovers |= runtime.pids()
         assert runtime.stop() == 0
 
