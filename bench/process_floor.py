@@ -18,17 +18,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import importlib
 import os
 import time
 from collections.abc import Callable
 
-# What the session runtime's processes have imported (launcher/sessions/server.py).
-import contextlib  # noqa: F401
-import hashlib  # noqa: F401
-import inspect  # noqa: F401
-import json  # noqa: F401
-import socket  # noqa: F401
-import traceback  # noqa: F401
+from launcher.sessions.server import SESSION_PRELOAD
 
 
 def nothing() -> None:
@@ -59,6 +54,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=400)
     args = parser.parse_args()
+    for name in SESSION_PRELOAD:  # what the template imports for the session runtime
+        importlib.import_module(name)
     event_loop()  # whatever asyncio builds lazily is built here, before the forks
     gc.collect()
     gc.freeze()
