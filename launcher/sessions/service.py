@@ -472,6 +472,10 @@ class SessionRuntime:
         from launcher.supervision.planner import Phase
 
         engine = self.engine
+        ready = engine.warm(engine.wanted_generation(), Phase.READY)
+        if ready:  # the common case, taken without a timeout scope (the loop's first step)
+            engine.take(ready[0])
+            return self.factory.processes[ready[0].pid], True
         with anyio.move_on_after(self.config.ready_timeout):
             while True:
                 wanted = engine.wanted_generation()
@@ -506,17 +510,7 @@ class SessionRuntime:
         )
 
     async def _until_ready(self, warm: WarmProcess) -> None:
-        import anyio
-
-        async with anyio.create_task_group() as tg:
-
-            async def closed() -> None:
-                await warm.closed.wait()
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(closed)
-            await warm.ready.wait()
-            tg.cancel_scope.cancel()
+        await warm.until(warm.ready)
 
     async def start(
         self,
@@ -569,15 +563,7 @@ class SessionRuntime:
             except OSError:
                 pass
             else:
-                async with anyio.create_task_group() as tg:
-
-                    async def closed() -> None:
-                        await warm.closed.wait()
-                        tg.cancel_scope.cancel()
-
-                    tg.start_soon(closed)
-                    await warm.started.wait()
-                    tg.cancel_scope.cancel()
+                await warm.until(warm.started)
         if not warm.started.is_set():
             session.state = "failed"
             warm.worker.kill_group()

@@ -13,7 +13,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from launcher.config import RunConfig
 from launcher.environment import EnvironmentLayers, compose
@@ -23,6 +23,9 @@ from launcher.process.output import Masker
 from launcher.sessions.entrypoint import Entrypoint
 from launcher.sessions.runtime import CHANNEL_VARIABLE
 from launcher.sessions.runtime import command as runtime_command
+
+if TYPE_CHECKING:
+    import anyio
 
 Spawn = Callable[..., process.Worker]
 
@@ -44,6 +47,9 @@ class WarmProcess:
         self.started = anyio.Event()  # the entrypoint is being called
         self.called = anyio.Event()  # a handed-over call's handshake is done, bot() called
         self.closed = anyio.Event()  # the channel reached EOF (the process is exiting)
+        # Set (and replaced) whenever one of the events above is set: `until` waits on it,
+        # where a task per wait racing `closed` cost a task group for every session start.
+        self._changed = anyio.Event()
         self.spawned_at = time.monotonic()
         self.session: Any = None  # set by the session table when it takes this process
         self.on_ready: Callable[[], None] = lambda: None
@@ -80,11 +86,14 @@ class WarmProcess:
                     if kind == b"ready":
                         self.has_readyz = rest == b"readyz"
                         self.ready.set()
+                        self._notify()
                         self.on_ready()
                     elif kind == b"started":
                         self.started.set()
+                        self._notify()
                     elif kind == b"called":
                         self.called.set()
+                        self._notify()
                     elif kind == b"readyz":
                         self.readyz_answer = rest
                         self.readyz_answered.set()
@@ -94,26 +103,37 @@ class WarmProcess:
             pass
         finally:
             self.closed.set()
+            self._notify()
             # Closed here, by the only task that waits on it: a socket closed under a waiting
             # task leaves the event loop watching its fd number, which the next socketpair
             # reuses (a later session's channel then looked closed).
             if self.channel.fileno() >= 0:
                 self.channel.close()
 
+    def _notify(self) -> None:
+        import anyio
+
+        changed, self._changed = self._changed, anyio.Event()
+        changed.set()
+
+    async def until(self, event: anyio.Event) -> None:
+        """Until `event` (one of this process's) is set or the channel has closed."""
+        import anyio.lowlevel
+
+        if event.is_set() or self.closed.is_set():
+            # Still a checkpoint: a caller that loops on this (a process that closed before
+            # it was reaped) must let the event loop run.
+            await anyio.lowlevel.checkpoint()
+            return
+        while not event.is_set() and not self.closed.is_set():
+            await self._changed.wait()
+
     async def call_set_up(self, timeout: float) -> None:
         """Until a handed-over call runs its bot (or the process is gone, or `timeout`)."""
         import anyio
 
         with anyio.move_on_after(timeout):
-            async with anyio.create_task_group() as tg:
-
-                async def closed() -> None:
-                    await self.closed.wait()
-                    tg.cancel_scope.cancel()
-
-                tg.start_soon(closed)
-                await self.called.wait()
-                tg.cancel_scope.cancel()
+            await self.until(self.called)
 
     async def send(self, data: bytes, fds: tuple[int, ...] = ()) -> None:
         """Write `data`; `fds` travel with its first byte (SCM_RIGHTS), so the process
