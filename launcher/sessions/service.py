@@ -198,8 +198,7 @@ class SessionRuntime:
             self.engine.ready(worker)
 
         warm.on_ready = ready
-        assert self._tg is not None
-        self._tg.start_soon(warm.read_messages)
+        warm.start_reading()
 
     def _exited(self, worker: Worker) -> None:
         warm = self.factory.processes.pop(worker.pid, None)

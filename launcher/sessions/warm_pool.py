@@ -50,6 +50,8 @@ class WarmProcess:
         # Set (and replaced) whenever one of the events above is set: `until` waits on it,
         # where a task per wait racing `closed` cost a task group for every session start.
         self._changed = anyio.Event()
+        self._loop: Any = None  # the event loop reading the channel (start_reading)
+        self._buffer = b""  # an unfinished line read from the channel
         self.spawned_at = time.monotonic()
         self.session: Any = None  # set by the session table when it takes this process
         self.on_ready: Callable[[], None] = lambda: None
@@ -65,50 +67,76 @@ class WarmProcess:
     def __repr__(self) -> str:
         return f"WarmProcess(pid={self.pid}, version={self.version})"
 
-    async def read_messages(self) -> None:
-        """Turn channel lines into events, until EOF."""
-        import anyio
+    def start_reading(self) -> None:
+        """Turn channel lines into events as they arrive, until EOF (call on the loop).
 
-        buffer = b""
+        A reader callback on the event loop, registered once: a task awaiting readability
+        per message cost a task, a future and two epoll changes for each of the three
+        messages of every session (#18).
+        """
+        import asyncio
+
+        if self.channel.fileno() < 0:  # retired before it was read
+            self._stop_reading()
+            return
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self.channel.fileno(), self._readable)
+
+    def _readable(self) -> None:
         try:
-            while True:
-                await anyio.wait_readable(self.channel)
-                try:
-                    chunk = self.channel.recv(4096)
-                except BlockingIOError:
-                    continue
-                if not chunk:
-                    break
-                buffer += chunk
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
-                    kind, _, rest = line.partition(b" ")
-                    if kind == b"ready":
-                        self.has_readyz = rest == b"readyz"
-                        self.ready.set()
-                        self._notify()
-                        self.on_ready()
-                    elif kind == b"started":
-                        self.started.set()
-                        self._notify()
-                    elif kind == b"called":
-                        self.called.set()
-                        self._notify()
-                    elif kind == b"readyz":
-                        self.readyz_answer = rest
-                        self.readyz_answered.set()
-                    else:
-                        self.on_message(self, kind.decode("ascii", "replace"), rest)
-        except (OSError, anyio.ClosedResourceError):
-            pass
-        finally:
+            chunk = self.channel.recv(4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._stop_reading()
+            return
+        try:
+            self._buffer = self._dispatch(self._buffer + chunk)
+        except BaseException:
+            self._stop_reading()  # as EOF: nothing more is read from a channel that failed
+            raise
+
+    def _dispatch(self, buffer: bytes) -> bytes:
+        """Act on each complete line of `buffer`; returns the unfinished rest."""
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            kind, _, rest = line.partition(b" ")
+            if kind == b"ready":
+                self.has_readyz = rest == b"readyz"
+                self.ready.set()
+                self._notify()
+                self.on_ready()
+            elif kind == b"started":
+                self.started.set()
+                self._notify()
+            elif kind == b"called":
+                self.called.set()
+                self._notify()
+            elif kind == b"readyz":
+                self.readyz_answer = rest
+                self.readyz_answered.set()
+            else:
+                self.on_message(self, kind.decode("ascii", "replace"), rest)
+        return buffer
+
+    def _stop_reading(self) -> None:
+        """EOF, or retired: the loop stops watching the fd *before* it is closed (the next
+        socketpair reuses the number, and a watch left on it made a later session's channel
+        look closed), then `closed` is set."""
+        if self._loop is not None:
+            if self.channel.fileno() >= 0:
+                self._loop.remove_reader(self.channel.fileno())
+            self._loop = None
+        if self.channel.fileno() >= 0:
+            import anyio
+
+            anyio.notify_closing(self.channel)  # a send waiting to write gives up
+            self.channel.close()
+        if not self.closed.is_set():
             self.closed.set()
             self._notify()
-            # Closed here, by the only task that waits on it: a socket closed under a waiting
-            # task leaves the event loop watching its fd number, which the next socketpair
-            # reuses (a later session's channel then looked closed).
-            if self.channel.fileno() >= 0:
-                self.channel.close()
 
     def _notify(self) -> None:
         import anyio
@@ -158,8 +186,6 @@ class WarmProcess:
         the agent has nothing to finish and is killed."""
         import contextlib
 
-        import anyio
-
         self.worker.stop_sent = True
         if not self.ready.is_set():
             self.worker.kill_group()
@@ -167,8 +193,7 @@ class WarmProcess:
             return  # already closed
         with contextlib.suppress(OSError):
             self.channel.shutdown(socket.SHUT_RDWR)
-        anyio.notify_closing(self.channel)
-        self.channel.close()
+        self._stop_reading()
 
 
 class WarmProcessFactory:
