@@ -234,6 +234,10 @@ class Store:
     def platform_path(self) -> Path:
         return self.set_path(PLATFORM)
 
+    def file(self, name: str) -> str:
+        """The path of set `name`'s file (the name checked: InvalidInput if it is not one)."""
+        return self._file(name)
+
     def _file(self, name: str) -> str:
         # Every path to a set is built here, so every command checks the name, reads
         # included: a 300-character name is an invalid name (65), not "File name too long".

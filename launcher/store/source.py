@@ -50,6 +50,7 @@ from launcher.file_secrets import deliver
 from launcher.store.keyring import Keyring
 from launcher.store.names import PLATFORM_CREDENTIALS
 from launcher.store.sets import PLATFORM, Store
+from launcher.store.unchanged import UnchangedFiles
 
 __all__ = ["Extras", "SecretsSource", "Snapshot", "VersionRegression"]
 
@@ -103,6 +104,8 @@ class SecretsSource:
         self._check = check
         self._keyring: Keyring | None = None  # loaded on first need: no set, no key needed
         self._floor: dict[str, int] = {}  # name -> highest version handed out
+        self._unchanged = UnchangedFiles()  # headers, kept while their files are unchanged
+        self._paths: tuple[str, str] | None = None  # the set's file and the platform's
 
     def __repr__(self) -> str:
         return f"SecretsSource(store={self.store.directory!r}, secret_set={self.secret_set!r})"
@@ -116,11 +119,19 @@ class SecretsSource:
 
     def fingerprint(self) -> Hashable:
         """The versions of the bound set and of the platform credentials, from plaintext
-        headers (no key, a few tens of microseconds); UNREADABLE if a header is damaged."""
+        headers (no key, a few tens of microseconds); UNREADABLE if a header is damaged.
+
+        Asked before every session start: a header is read again only when its file may
+        have changed since it was last read (unchanged.py: every write of the store does).
+        """
+        store, name = self.store, self.secret_set
         try:
+            if self._paths is None:
+                self._paths = (store.file(name) if name else "", store.file(PLATFORM))
+            set_path, platform_path = self._paths
             return (
-                self.store.values_version(self.secret_set) if self.secret_set else None,
-                self.store.current_version(PLATFORM),
+                self._unchanged.get(set_path, lambda: store.values_version(name)) if name else None,
+                self._unchanged.get(platform_path, lambda: store.current_version(PLATFORM)),
             )
         except LauncherError:
             return UNREADABLE
