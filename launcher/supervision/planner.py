@@ -635,17 +635,18 @@ def plan(state: PoolState, now: float) -> Plan:
 
     # 6. Rollout bookkeeping: begun when some slot is behind the target, done when none is.
     state, started, finished = _rollout_progress(state, now)
-    notes = replace(
-        notes, rollout_started=started, rollout_finished=notes.rollout_finished or finished
-    )
+    if started or finished:  # (a `replace` per plan costs more than the rest of a quiet one)
+        notes = replace(
+            notes, rollout_started=started, rollout_finished=notes.rollout_finished or finished
+        )
 
     # 7. Empty slots are filled: at once after a commit or handover, after the backoff
     #    after a crash.
+    live = {p.slot for p in state.procs if p.phase is not Phase.STOPPING}  # (no proc changes)
     for slot in state.slots:
         if slot.fate is not SlotFate.ACTIVE:
             continue
-        live = [p for p in state.procs if p.slot == slot.index and p.phase is not Phase.STOPPING]
-        if live:
+        if slot.index in live:
             continue
         if slot.handover:
             if any(p.slot == slot.index for p in state.procs):
@@ -677,7 +678,8 @@ def plan(state: PoolState, now: float) -> Plan:
     # 10. Worn workers are replaced: ready-first, `surge` slots at a time, then drained.
     state, recycling, recycled = _recycle(state, now, actions)
     actions.extend(recycling)
-    notes = replace(notes, recycling=recycled)
+    if recycled:
+        notes = replace(notes, recycling=recycled)
 
     # 11. Every slot ended (policy or give-up) and nothing runs: the pool is finished.
     if (
