@@ -248,6 +248,18 @@ def read_reports(directory: Path) -> dict[int, dict[str, object]]:
     return reports
 
 
+def wait_reports(directory: Path, count: int, timeout: float = 60) -> dict[int, dict[str, object]]:
+    """`read_reports`, once at least `count` processes have reported (each writes its file
+    atomically)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        reports = read_reports(directory)
+        if len(reports) >= count:
+            return reports
+        time.sleep(0.02)
+    raise AssertionError(f"only {len(read_reports(directory))} of {count} processes reported")
+
+
 @pytest.fixture
 def probe_dir(tmp_path: Path) -> Path:
     directory = tmp_path / "reports"

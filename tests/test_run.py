@@ -13,18 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import CLI, PROBE, Launcher, read_reports, wait_gone
-
-
-def _wait_reports(directory: Path, count: int, timeout: float = 30) -> dict[int, dict[str, object]]:
-    """Wait until `count` probes have reported (the probe writes its file atomically)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        reports = read_reports(directory)
-        if len(reports) >= count:
-            return reports
-        time.sleep(0.02)
-    raise AssertionError(f"only {len(read_reports(directory))} of {count} probes reported")
+from .conftest import CLI, PROBE, Launcher, read_reports, wait_gone, wait_reports
 
 
 def test_environment_layers_end_to_end(
@@ -44,7 +33,7 @@ def test_environment_layers_end_to_end(
              "NOTIFY_SOCKET": "/run/systemd/notify-of-launcher", "CREDENTIALS_DIRECTORY": "/x"},
     )  # fmt: skip
     launcher.wait_event("worker_ready")
-    (report,) = _wait_reports(probe_dir, 1).values()
+    (report,) = wait_reports(probe_dir, 1).values()
     env = report["env"]
     assert isinstance(env, dict)
     assert env["SHARED"] == "from-set"
@@ -89,7 +78,7 @@ def test_term_is_forwarded_once_and_the_group_is_gone(
     )
     launcher.wait_event("worker_ready")
     launcher.wait_event("worker_ready")
-    reports = _wait_reports(probe_dir, 2)
+    reports = wait_reports(probe_dir, 2)
     children = [int(r["child"]) for r in reports.values()]  # type: ignore[call-overload]
     launcher.signal(signal.SIGTERM)
     assert launcher.wait() == 0
@@ -241,7 +230,7 @@ def test_options_from_environment_and_toml(
     launcher = launch(str(PROBE), env={"AGENT_RUN_WORKERS": "2"})
     launcher.wait_event("worker_ready")
     launcher.wait_event("worker_ready")
-    reports = _wait_reports(probe_dir, 2)
+    reports = wait_reports(probe_dir, 2)
     assert len(reports) == 2  # env (2) beat toml (3)
     assert all(r["env"]["FROM_TOML_SET"] == "yes" for r in reports.values())  # type: ignore[index]
 

@@ -23,7 +23,7 @@ from launcher.config import Target, TargetKind
 from launcher.process import preload
 from launcher.process.template import merge_environment
 
-from .conftest import AGENTS, CLI, Launcher, alive, read_reports, wait_gone
+from .conftest import AGENTS, CLI, Launcher, alive, wait_gone, wait_reports
 from .test_sessions import Server, serve  # noqa: F401 -- the fixture
 
 OBSERVER = AGENTS / "observer.py"
@@ -32,23 +32,13 @@ DEADLINE = 60.0
 PER_PROCESS = ("pid", "ppid", "pgid", "preloaded", "version", "ttyname")
 
 
-def _wait_reports(directory: Path, count: int, timeout: float = DEADLINE) -> dict[int, dict]:  # type: ignore[type-arg]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        reports = read_reports(directory)
-        if len(reports) >= count:
-            return reports
-        time.sleep(0.02)
-    raise AssertionError(f"only {len(read_reports(directory))} of {count} reports")
-
-
 def _observe(
     launch: Callable[..., Launcher], directory: Path, preload_option: str, *target: str
 ) -> dict:  # type: ignore[type-arg]
     for old in directory.glob("*.json"):
         old.unlink()
     launcher = launch("--preload", preload_option, "--restart", "never", *target)
-    report = next(iter(_wait_reports(directory, 1).values()))
+    report = next(iter(wait_reports(directory, 1).values()))
     assert report["ppid"] == launcher.proc.pid  # the launcher's own child, either way
     assert report["pgid"] == report["pid"]  # in its own process group
     launcher.stop()
@@ -94,7 +84,7 @@ def test_on_a_terminal_a_forked_process_has_its_pty_and_reads_the_terminal(cli: 
             assert term.wait() == 0
         finally:
             term.close()
-        seen.append(next(iter(_wait_reports(reports, 1).values())))
+        seen.append(next(iter(wait_reports(reports, 1).values())))
     fresh, warm = seen
     assert fresh["ttyname"] and warm["ttyname"]  # each on a pty of its own
     assert warm["streams"]["stdout"]["tty"] and warm["streams"]["stdin"]["tty"]
@@ -125,7 +115,7 @@ def test_rollout_and_crash_restart_fork_from_a_template_that_never_sees_a_secret
         str(OBSERVER),
     )  # fmt: skip
     template = _template_pid(launcher)
-    first = _wait_reports(probe_dir, 2)
+    first = wait_reports(probe_dir, 2)
     environ = Path(f"/proc/{template}/environ").read_bytes()
     assert b"first-value" not in environ and b"OBSERVED_SECRET" not in environ
     for report in first.values():
@@ -133,7 +123,7 @@ def test_rollout_and_crash_restart_fork_from_a_template_that_never_sees_a_secret
         assert report["ppid"] == launcher.proc.pid
     assert cli("secrets", "set", "prod", "OBSERVED_SECRET=second-value").returncode == 0
     launcher.wait_event("rollout_succeeded", timeout=DEADLINE)
-    second = {p: r for p, r in _wait_reports(probe_dir, 4).items() if p not in first}
+    second = {p: r for p, r in wait_reports(probe_dir, 4).items() if p not in first}
     assert [r["secret"] for r in second.values()] == ["second-value"] * 2
     assert all(r["preloaded"] and r["ppid"] == launcher.proc.pid for r in second.values())
     assert b"second-value" not in Path(f"/proc/{template}/environ").read_bytes()
@@ -141,7 +131,7 @@ def test_rollout_and_crash_restart_fork_from_a_template_that_never_sees_a_secret
     os.kill(crashed, signal.SIGKILL)
     launcher.wait_event("worker_exited", pid=crashed, code=137, timeout=DEADLINE)
     launcher.wait_event("worker_restarted", timeout=DEADLINE)
-    restarted = {p: r for p, r in _wait_reports(probe_dir, 5).items() if p not in first | second}
+    restarted = {p: r for p, r in wait_reports(probe_dir, 5).items() if p not in first | second}
     (report,) = restarted.values()
     assert report["preloaded"] and report["secret"] == "second-value"
     assert report["ppid"] == launcher.proc.pid
@@ -157,14 +147,14 @@ def test_a_template_killed_mid_rollout_is_replaced_and_the_rollout_completes(
         str(OBSERVER),
     )  # fmt: skip
     template = _template_pid(launcher)
-    first = _wait_reports(probe_dir, 2)
+    first = wait_reports(probe_dir, 2)
     launcher.wait_event("worker_ready", timeout=DEADLINE)
     launcher.wait_event("worker_ready", timeout=DEADLINE)
     os.kill(template, signal.SIGKILL)
     launcher.wait_event("template_exited", pid=template, timeout=DEADLINE)
     assert cli("secrets", "set", "prod", "OBSERVED_SECRET=b").returncode == 0
     launcher.wait_event("rollout_succeeded", timeout=DEADLINE)
-    second = {p: r for p, r in _wait_reports(probe_dir, 4).items() if p not in first}
+    second = {p: r for p, r in wait_reports(probe_dir, 4).items() if p not in first}
     assert sorted(r["secret"] for r in second.values()) == ["b", "b"]
     assert all(r["ppid"] == launcher.proc.pid for r in second.values())
     # A new template was started; once it has imported its modules, processes fork from it
@@ -172,7 +162,7 @@ def test_a_template_killed_mid_rollout_is_replaced_and_the_rollout_completes(
     seen = set(first) | set(second)
     for _ in range(10):
         assert cli("reload", "--name", "prod").returncode == 0
-        fresh = {p: r for p, r in _wait_reports(probe_dir, len(seen) + 2).items() if p not in seen}
+        fresh = {p: r for p, r in wait_reports(probe_dir, len(seen) + 2).items() if p not in seen}
         seen |= set(fresh)
         assert all(r["secret"] == "b" and r["ppid"] == launcher.proc.pid for r in fresh.values())
         if any(r["preloaded"] for r in fresh.values()):
@@ -189,7 +179,7 @@ def test_a_killed_launcher_takes_the_template_and_every_forked_process(
     """SIGKILL to the launcher: its template and the processes forked from it die with it."""
     launcher = launch("--workers", "2", "--preload", "colorsys", str(OBSERVER))
     template = _template_pid(launcher)
-    workers = list(_wait_reports(probe_dir, 2))
+    workers = list(wait_reports(probe_dir, 2))
     assert alive(template) and all(alive(pid) for pid in workers)
     launcher.proc.kill()
     launcher.wait()
@@ -214,7 +204,7 @@ def test_a_preloaded_module_that_reads_a_secret_at_import_is_not_trusted_with_it
     event = launcher.wait_event("template_not_used", timeout=DEADLINE)
     assert "OBSERVED_SECRET" in str(event["reason"])
     assert "the-value" not in launcher.output()
-    (report,) = _wait_reports(probe_dir, 1).values()
+    (report,) = wait_reports(probe_dir, 1).values()
     assert not report["preloaded"] and report["secret"] == "the-value"
 
 
@@ -326,13 +316,13 @@ def test_a_stuck_template_is_replaced_and_the_restart_happens_the_old_way(
     """A template that does not answer (SIGSTOP): the restart starts fresh, the template is killed."""
     launcher = launch("--preload", "colorsys", "--ready-delay", "0.2", str(OBSERVER))
     template = _template_pid(launcher)
-    (first,) = _wait_reports(probe_dir, 1)
+    (first,) = wait_reports(probe_dir, 1)
     os.kill(template, signal.SIGSTOP)
     os.kill(first, signal.SIGKILL)
     failed = launcher.wait_event("template_failed", timeout=DEADLINE)
     assert "no answer" in str(failed["reason"])
     launcher.wait_event("template_exited", pid=template, timeout=DEADLINE)
-    second = [r for p, r in _wait_reports(probe_dir, 2).items() if p != first]
+    second = [r for p, r in wait_reports(probe_dir, 2).items() if p != first]
     assert not second[0]["preloaded"] and second[0]["ppid"] == launcher.proc.pid
 
 
@@ -354,7 +344,7 @@ def test_the_event_loop_answers_while_a_stuck_template_is_asked_for_a_fork(
     )  # fmt: skip
     address = launcher.wait_event("health_listening", timeout=DEADLINE)["address"]
     template = _template_pid(launcher)
-    (first,) = _wait_reports(probe_dir, 1)
+    (first,) = wait_reports(probe_dir, 1)
     os.kill(template, signal.SIGSTOP)
     try:
         os.kill(first, signal.SIGKILL)
@@ -371,7 +361,7 @@ def test_the_event_loop_answers_while_a_stuck_template_is_asked_for_a_fork(
         assert not [e for e in launcher.events if e.get("event") == "template_failed"]
     finally:
         os.kill(template, signal.SIGCONT)
-    second = [r for p, r in _wait_reports(probe_dir, 2).items() if p != first]
+    second = [r for p, r in wait_reports(probe_dir, 2).items() if p != first]
     assert second[0]["preloaded"] and second[0]["ppid"] == launcher.proc.pid
     assert alive(template)
 
@@ -433,7 +423,7 @@ def _report(name, extra):
 async def bot(runner_args):
     runtime = sys.modules["_agent_run_session_runtime"]
     made_here = any(o is runtime.main for o in gc.get_objects())
-    _report(runner_args.session_id + ".json", {"runtime_from_template": not made_here})
+    _report(f"{os.getpid()}.json", {"pid": os.getpid(), "runtime_from_template": not made_here})
 
 
 if __name__ == "__main__":
@@ -456,14 +446,20 @@ def test_sessions_run_code_the_template_compiled_and_never_stale_code(
     server = serve("--idle", "1", target=str(agent), env={"PYTHONDONTWRITEBYTECODE": "1"})
     _template_pid(server.launcher)
     answer = server.started({})
-    report = _wait_file(probe_dir / f"{answer['id']}.json")
-    assert report == {"mark": "first", "code_from_template": True, "runtime_from_template": True}
+    report = wait_reports(probe_dir, 1)[answer["pid"]]
+    assert report == {
+        "mark": "first", "code_from_template": True, "runtime_from_template": True,
+        "pid": answer["pid"],
+    }  # fmt: skip
     agent.write_text(COMPILED_AGENT.replace('MARK = "first"', 'MARK = "edited"'))
     # A new version replaces the idle process, which imported the file before the edit.
     assert cli("secrets", "set", "demo", "DEMO_API_KEY=value-2").returncode == 0
     answer = server.started({})
-    report = _wait_file(probe_dir / f"{answer['id']}.json")
-    assert report == {"mark": "edited", "code_from_template": False, "runtime_from_template": True}
+    report = wait_reports(probe_dir, 2)[answer["pid"]]
+    assert report == {
+        "mark": "edited", "code_from_template": False, "runtime_from_template": True,
+        "pid": answer["pid"],
+    }  # fmt: skip
 
 
 def test_workers_run_the_script_the_template_compiled_and_never_stale_code(
@@ -475,21 +471,11 @@ def test_workers_run_the_script_the_template_compiled_and_never_stale_code(
     agent.write_text(COMPILED_AGENT.replace("async def bot(", "async def not_a_bot("))
     launcher = launch("--preload", "colorsys", str(agent), env={"PYTHONDONTWRITEBYTECODE": "1"})
     _template_pid(launcher)
-    ((pid, report),) = _wait_reports(probe_dir, 1).items()
+    ((pid, report),) = wait_reports(probe_dir, 1).items()
     assert report == {"mark": "first", "code_from_template": True, "pid": pid}
     agent.write_text(agent.read_text().replace('MARK = "first"', 'MARK = "edited"'))
     os.kill(pid, signal.SIGKILL)
     launcher.wait_event("worker_restarted", timeout=DEADLINE)
-    reports = _wait_reports(probe_dir, 2)
+    reports = wait_reports(probe_dir, 2)
     (restarted,) = (r for p, r in reports.items() if p != pid)
     assert restarted["mark"] == "edited" and restarted["code_from_template"] is False
-
-
-def _wait_file(path: Path) -> dict:  # type: ignore[type-arg]
-    deadline = time.monotonic() + DEADLINE
-    while not path.exists():
-        assert time.monotonic() < deadline, f"no {path.name}"
-        time.sleep(0.02)
-    import json
-
-    return json.loads(path.read_text())  # type: ignore[no-any-return]
